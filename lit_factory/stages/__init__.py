@@ -1,0 +1,17 @@
+"""Training stages: LightningModules over the shared model builder, one file per objective.
+
+Names resolve lazily so that `import lit_factory.stages` stays cheap until a stage is used.
+"""
+
+_STAGES = {"Stage": "base", "SFT": "sft", "PreTrain": "pretrain"}
+
+
+def __getattr__(name: str):
+    if name in _STAGES:
+        import importlib
+
+        return getattr(importlib.import_module(f"lit_factory.stages.{_STAGES[name]}"), name)
+    raise AttributeError(f"module 'lit_factory.stages' has no attribute {name!r}")
+
+
+__all__ = list(_STAGES)

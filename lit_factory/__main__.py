@@ -1,0 +1,5 @@
+import sys
+
+from lit_factory.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""`lit-factory` entry point.
+
+Answers `--help`, unknown subcommands and missing config files before importing anything heavy; the training
+subcommands then run through LightningCLI (see `lit_factory.lightning_cli`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from lit_factory import __version__
+
+TRAINER_SUBCOMMANDS = {
+    "fit": "train a stage on a recipe: lit-factory fit --config recipes/quickstart.yaml",
+    "validate": "run the validation loop of a recipe",
+    "test": "run the test loop of a recipe",
+    "predict": "run the predict loop of a recipe",
+}
+
+HELP = f"""usage: lit-factory <subcommand> [--config RECIPE.yaml] [--section.key VALUE ...]
+
+lit-factory {__version__}: efficient fine-tuning of large language models with PyTorch Lightning.
+
+subcommands:
+{chr(10).join(f"  {name:<10} {text}" for name, text in TRAINER_SUBCOMMANDS.items())}
+
+Each subcommand takes LightningCLI options: --config (repeatable), dotted overrides such as
+--trainer.max_steps 5, --print_config. `lit-factory fit --help` lists every option of a recipe.
+"""
+
+
+def fail(message: str) -> int:
+    """Print a one-line error for the user and return the CLI's error status."""
+    print(f"lit-factory: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--config") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(HELP, end="")
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(__version__)
+        return 0
+    subcommand = args[0]
+    if subcommand not in TRAINER_SUBCOMMANDS:
+        return fail(f"unknown subcommand {subcommand!r}; choose one of: {', '.join(TRAINER_SUBCOMMANDS)}")
+    for path in _config_paths(args[1:]):
+        if not Path(path).is_file():
+            return fail(f"--config: no such file {path!r}; give the path of a recipe YAML (see recipes/)")
+
+    from lit_factory.errors import LitFactoryError
+    from lit_factory.lightning_cli import run_trainer_subcommand
+
+    try:
+        run_trainer_subcommand(args)
+    except LitFactoryError as err:
+        return fail(str(err))
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else fail(str(exit_.code)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""LightningCLI for the trainer subcommands (fit/validate/test/predict), with one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn, Optional
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_factory.cli import fail
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """jsonargparse prints usage plus a multi-line report; users get the report on one line and status 2."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        sys.exit(fail(message))
+
+
+class FactoryCLI(LightningCLI):
+    """LightningCLI where the recipe names both the stage (``model``) and the data module (``data``)."""
+
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("dump_header", ["lit-factory recipe (lit-factory fit --config this.yaml)"])
+        parser = OneLineErrorParser(**kwargs)
+        from jsonargparse import ActionConfigFile
+
+        parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a recipe (YAML).")
+        return parser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The stage owns the tokenizer (it may add special tokens) and knows what data it needs: both flow into
+        # the data module so a recipe writes the model path once.
+        parser.link_arguments(
+            "model", "data.init_args.tokenizer", compute_fn=lambda stage: stage.tokenizer, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "model", "data.init_args.objective", compute_fn=lambda stage: stage.data_objective, apply_on="instantiate"
+        )
+
+
+def run_trainer_subcommand(args: list[str]) -> None:
+    from lightning.pytorch import LightningDataModule
+
+    from lit_factory.stages.base import Stage
+
+    FactoryCLI(
+        Stage,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )

@@ -1,0 +1,167 @@
+"""The shared model builder: every stage gets its tokenizer and model from here.
+
+A model comes either from a local directory / hub id (``path``) through the transformers Auto classes, or is built
+with random weights from an inline transformers config (``config``) — what tests and the quickstart use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from lit_factory.errors import LitFactoryError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from lit_factory.model.adapters import Finetuning
+
+
+@dataclass
+class ModelArgs:
+    """Which base model to build and how.
+
+    Args:
+        path: Local directory or hub id of a pre-trained model (loaded with ``AutoModelForCausalLM``).
+        config: Inline transformers config (must name ``model_type``) for a randomly initialised model; used
+            instead of ``path``. ``vocab_size`` and the special token ids default to the tokenizer's.
+        tokenizer: Tokenizer directory or hub id; defaults to ``path``.
+        dtype: Weight dtype. ``auto``: bfloat16 on CUDA with compute capability >= 8.0, float16 on older CUDA
+            devices, float32 on CPU. Trainable parameters are always kept in float32.
+        attn_implementation: ``sdpa`` (default), ``flash_attention_2`` (needs the flash-attn package) or ``eager``.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        new_special_tokens: Tokens to add to the tokenizer as special tokens; the embeddings are resized and the new
+            rows initialised around the mean of the old ones.
+        trust_remote_code: Allow model/tokenizer code from the model's repository to run.
+    """
+
+    path: Optional[str] = None
+    config: Optional[dict[str, Any]] = None
+    tokenizer: Optional[str] = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+    new_special_tokens: list[str] = field(default_factory=list)
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.config is None):
+            raise LitFactoryError(
+                "model: set exactly one of `model.path` (a pre-trained model) or `model.config` (random init)"
+            )
+        if self.tokenizer is None and self.path is None:
+            raise LitFactoryError("model.tokenizer: a model built from `config` needs a tokenizer path")
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.path  # type: ignore[return-value]
+
+
+def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
+    """The weight dtype for ``name`` on ``device`` (see ``ModelArgs.dtype``)."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    return torch.float32
+
+
+def build_tokenizer(args: ModelArgs) -> "PreTrainedTokenizerBase":
+    """Load the tokenizer, add ``new_special_tokens`` and make sure it has a pad token."""
+    from transformers import AutoTokenizer
+
+    source = args.tokenizer_path
+    if not Path(source).exists() and ("/" not in source or source.startswith((".", "/"))):
+        raise LitFactoryError(f"model.tokenizer: {source!r} is neither a directory nor a hub id; fix the path")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LitFactoryError(f"model.tokenizer: cannot load a tokenizer from {source!r}: {first_line}") from err
+    if args.new_special_tokens:
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": list(args.new_special_tokens)}, replace_extra_special_tokens=False
+        )
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked out of attention and loss, so any id works; eos is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _check_attention(name: str) -> None:
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise LitFactoryError(
+            "model.attn_implementation: flash_attention_2 needs the flash-attn package "
+            "(pip install flash-attn) — or set it to sdpa"
+        )
+
+
+def _load_base(args: ModelArgs, tokenizer: "PreTrainedTokenizerBase", dtype: "torch.dtype") -> "PreTrainedModel":
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if args.config is not None:
+        options = dict(args.config)
+        model_type = options.pop("model_type", None)
+        if model_type is None:
+            raise LitFactoryError("model.config: add `model_type` (e.g. llama, qwen2) to the inline config")
+        options.setdefault("vocab_size", len(tokenizer))
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            options.setdefault(name, getattr(tokenizer, name))
+        try:
+            config = AutoConfig.for_model(model_type, **options)
+        except ValueError as err:
+            raise LitFactoryError(f"model.config.model_type: {err}") from err
+        return AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            args.path, dtype=dtype, attn_implementation=args.attn_implementation,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except OSError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise LitFactoryError(f"model.path: cannot load a model from {args.path!r}: {first_line}") from err
+
+
+def build_model(
+    args: ModelArgs,
+    tokenizer: "PreTrainedTokenizerBase",
+    finetuning: Optional["Finetuning"] = None,
+    device: Optional["torch.device"] = None,
+) -> "PreTrainedModel":
+    """Build the base model, fit its embeddings to the tokenizer, apply the fine-tuning method.
+
+    ``finetuning=None`` trains every parameter. Trainable parameters end up in float32 whatever the weight dtype,
+    so that optimizer updates are not lost to rounding under mixed precision.
+    """
+    import torch
+
+    from lit_factory.model.adapters import Full
+
+    _check_attention(args.attn_implementation)
+    dtype = resolve_dtype(args.dtype, device or torch.device("cpu"))
+    model = _load_base(args, tokenizer, dtype)
+
+    added_tokens = len(tokenizer) > model.get_input_embeddings().num_embeddings
+    if added_tokens:
+        # transformers samples the new rows around the mean of the old ones (mean_resizing), so new tokens start
+        # with the statistics of real embeddings instead of a random scale.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+
+    if args.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no `enable_input_require_grads` trick for frozen embeddings.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+    model = (finetuning or Full()).apply(model, train_embeddings=added_tokens)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return model

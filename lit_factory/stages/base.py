@@ -1,0 +1,164 @@
+"""What every stage shares: the model builder, optimizer, LR schedule, logging and saving.
+
+A stage subclass defines ``loss(batch)`` — the whole training objective in one method — and, when its data is not
+supervised chat data, the ``data_objective`` the data module should prepare.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from lit_factory.model.adapters import Finetuning
+from lit_factory.model.builder import ModelArgs, build_model, build_tokenizer
+
+Optimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions whose label is not -100 (computed in float32)."""
+    shifted_logits = logits[:, :-1, :].float()
+    shifted_labels = labels[:, 1:]
+    return F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), ignore_index=-100
+    )
+
+
+def count_label_tokens(labels: torch.Tensor) -> int:
+    """How many positions a causal LM loss averages over (labels shift by one)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
+class Stage(pl.LightningModule):
+    """Base of all stages.
+
+    Args:
+        model: The base model (path or inline config), its tokenizer, dtype, attention and checkpointing options.
+        finetuning: Which parameters train: ``lit_factory.model.Full`` (default when unset), ``Freeze``, ``LoRA``.
+        optimizer: Optimizer class path and its arguments, called with the trainable parameters
+            (default: ``torch.optim.AdamW`` with its defaults; recipes set the learning rate).
+        lr_schedule: Learning-rate decay after warmup: ``cosine`` (to 0), ``linear`` (to 0) or ``constant``.
+        warmup_steps: Linear warmup length: a step count, or a fraction of the total steps when below 1.
+    """
+
+    #: What the data module must prepare for this stage (linked into the data module by the CLI).
+    data_objective: Literal["supervised", "pretrain"] = "supervised"
+
+    def __init__(
+        self,
+        model: ModelArgs,
+        finetuning: Optional[Finetuning] = None,
+        optimizer: Optimizer = torch.optim.AdamW,
+        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        warmup_steps: float = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.model_args = model
+        self.finetuning = finetuning
+        self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
+        self.warmup_steps = warmup_steps
+        self.tokenizer = build_tokenizer(model)
+        self.model: Optional[torch.nn.Module] = None
+        self.val_loss = MeanMetric()
+        self._step_started: Optional[float] = None
+        # Adapter runs checkpoint only what trains; the frozen base is rebuilt from `model.path` on resume.
+        self.strict_loading = not self._checkpoints_trainable_only
+
+    @property
+    def _checkpoints_trainable_only(self) -> bool:
+        from lit_factory.model.adapters import Full
+
+        trains_everything = self.finetuning is None or isinstance(self.finetuning, Full)
+        return self.model_args.path is not None and not trains_everything
+
+    # ---- model -------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the model once, on the device the trainer chose (delayed init for large models)."""
+        if self.model is not None:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        self.model = build_model(self.model_args, self.tokenizer, self.finetuning, device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training objective of the stage on one batch. Override this in a subclass to change it."""
+        raise NotImplementedError
+
+    # ---- loops -------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self._log_throughput(batch)
+        return loss
+
+    def _log_throughput(self, batch: dict[str, torch.Tensor]) -> None:
+        # Time from one step's start to the next covers data loading, forward, backward and optimizer together.
+        now = time.perf_counter()
+        if self._step_started is not None:
+            tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
+            self.log("train/tokens_per_sec", tokens / max(now - self._step_started, 1e-9))
+        self._step_started = now
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self.loss(batch), weight=count_label_tokens(batch["labels"]))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/perplexity", torch.exp(loss.clamp(max=50)))
+
+    # ---- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_scheduler
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(trainable)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.warmup_steps * total) if 0 < self.warmup_steps < 1 else int(self.warmup_steps)
+        name = "constant_with_warmup" if self.lr_schedule == "constant" else self.lr_schedule
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints and outputs -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._checkpoints_trainable_only:
+            trainable = {"model." + n for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+            self.save_pretrained(self.trainer.log_dir)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the adapter (PEFT format) or the whole model (safetensors), plus the tokenizer, to ``directory``.
+
+        Files are written to a temporary folder first and moved into place one by one, so an interrupted save
+        never leaves a half-written file where a good one was.
+        """
+        directory = Path(directory)
+        staging = directory / ".saving"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self.model.save_pretrained(staging, safe_serialization=True)
+        self.tokenizer.save_pretrained(staging)
+        for item in staging.iterdir():
+            target = directory / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+        staging.rmdir()
+        return directory
+

@@ -1,0 +1,15 @@
+"""Supervised fine-tuning: next-token loss on the assistant turns only (the data module masks the rest)."""
+
+import torch
+
+from lit_factory.stages.base import Stage, causal_lm_loss
+
+
+class SFT(Stage):
+    """Supervised fine-tuning on chat/instruction data; every assistant turn of a dialogue carries loss."""
+
+    data_objective = "supervised"
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return causal_lm_loss(logits, batch["labels"])
