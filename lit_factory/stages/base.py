@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
 
@@ -60,7 +61,16 @@ class Stage(pl.LightningModule):
         warmup_steps: float = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        # Plain values only: checkpoints load with torch.load(weights_only=True), which refuses our classes.
+        self.save_hyperparameters({
+            "model": asdict(model),
+            "finetuning": None if finetuning is None else {
+                "class_path": f"{type(finetuning).__module__}.{type(finetuning).__qualname__}",
+                "init_args": dict(vars(finetuning)),
+            },
+            "lr_schedule": lr_schedule,
+            "warmup_steps": warmup_steps,
+        })
         self.model_args = model
         self.finetuning = finetuning
         self.optimizer_factory = optimizer
