@@ -66,7 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lit_factory.lightning_cli import run_trainer_subcommand
 
     try:
-        run_trainer_subcommand(args)
+        run_trainer_subcommand(None if argv is None else args)
     except LitFactoryError as err:
         return fail(str(err))
     except SystemExit as exit_:

@@ -14,6 +14,8 @@ class OneLineErrorParser(LightningArgumentParser):
     """jsonargparse prints usage plus a multi-line report; users get the report on one line and status 2."""
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse is probing internally and catches this
+            return super().error(message, ex)
         sys.exit(fail(message))
 
 
@@ -39,7 +41,8 @@ class FactoryCLI(LightningCLI):
         )
 
 
-def run_trainer_subcommand(args: list[str]) -> None:
+def run_trainer_subcommand(args: Optional[list[str]]) -> None:
+    """Run fit/validate/test/predict; ``args=None`` reads ``sys.argv``."""
     from lightning.pytorch import LightningDataModule
 
     from lit_factory.stages.base import Stage

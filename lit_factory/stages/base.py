@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -150,7 +151,9 @@ class Stage(pl.LightningModule):
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            self.save_pretrained(self.trainer.log_dir)
+            saved = self.save_pretrained(self.trainer.log_dir)
+            kind = "adapter" if self.finetuning is not None and self.finetuning.saves_adapter else "model"
+            rank_zero_info(f"Saved the trained {kind} and tokenizer (Hugging Face format) to {saved}")
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the adapter (PEFT format) or the whole model (safetensors), plus the tokenizer, to ``directory``.
