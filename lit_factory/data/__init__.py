@@ -1,0 +1,28 @@
+"""Data: dataset_info.json entries -> aligned conversations -> chat-templated, loss-masked token batches.
+
+``spec`` (dataset_info.json), ``loader`` (files), ``align`` (formats -> standard rows), ``templates`` (chat formats
+over ``templates/*.yaml``), ``tokenize`` (loss masks, truncation, pretraining blocks), ``collators`` (padding) and
+``datamodule`` (the Lightning data module). Names are exported lazily so that importing this package does not
+import lightning, torch or datasets.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "DataModule": "lit_factory.data.datamodule",
+    "PaddingCollator": "lit_factory.data.collators",
+    "Template": "lit_factory.data.templates",
+    "get_template": "lit_factory.data.templates",
+    "encode_supervised": "lit_factory.data.tokenize",
+    "DatasetSpec": "lit_factory.data.spec",
+    "get_dataset_spec": "lit_factory.data.spec",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lit_factory.data' has no attribute {name!r}")
