@@ -8,6 +8,7 @@ from typing import NoReturn, Optional
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_factory.cli import fail
+from lit_factory.errors import LitFactoryError
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -30,6 +31,17 @@ class FactoryCLI(LightningCLI):
         parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a recipe (YAML).")
         return parser
 
+    def instantiate_classes(self) -> None:
+        # jsonargparse wraps errors raised in constructors (e.g. a ModelArgs check) into its own report; the user
+        # should see our one-line message instead.
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            user_error = _user_error_in_chain(err)
+            if user_error is None:
+                raise
+            raise user_error from None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The stage owns the tokenizer (it may add special tokens) and knows what data it needs: both flow into
         # the data module so a recipe writes the model path once.
@@ -39,6 +51,16 @@ class FactoryCLI(LightningCLI):
         parser.link_arguments(
             "model", "data.init_args.objective", compute_fn=lambda stage: stage.data_objective, apply_on="instantiate"
         )
+
+
+def _user_error_in_chain(err: BaseException) -> Optional[LitFactoryError]:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LitFactoryError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def run_trainer_subcommand(args: Optional[list[str]]) -> None:

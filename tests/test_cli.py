@@ -56,6 +56,9 @@ def test_user_errors_raised_while_running_exit_2_with_one_line(capsys, tmp_path)
                  "--trainer.logger.init_args.save_dir", str(tmp_path)])
     assert code == 2
     assert "no_such_set" in one_line_error(capsys.readouterr().err)
+    # Raised inside a constructor that jsonargparse calls (and would otherwise wrap in its own report).
+    assert main(["fit", "--config", QUICKSTART, "--model.init_args.model.path", "some/model"]) == 2
+    assert "exactly one of `model.path`" in one_line_error(capsys.readouterr().err)
 
 
 def test_print_config_applies_dotted_overrides(capsys):
