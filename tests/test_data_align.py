@@ -111,7 +111,7 @@ def test_file_formats_by_extension(tmp_path):
     }
     (tmp_path / "parts").mkdir()
     files = {
-        "d.jsonl": '{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "c", "input": "", "output": "d"}\n',
+        "d.jsonl": '{"instruction": "a", "output": "b"}\n{"instruction": "c", "input": "", "output": "d"}\n',
         "d.csv": "instruction,input,output\na,,b\nc,,d\n",
         "parts/1.json": [{"instruction": "a", "output": "b"}],
         "parts/2.json": [{"instruction": "c", "output": "d"}],
@@ -177,3 +177,9 @@ def test_invalid_entries(tmp_path):
     preference = spec_of({"file_name": "x.json", "ranking": True, "formatting": "sharegpt"}, name="prefs")
     with pytest.raises(LitFactoryError, match="'prefs' is a preference"):
         align_dataset(None, preference)
+
+
+def test_unloadable_tokenizer_names_the_field(tmp_path):
+    missing = tmp_path / "no-tokenizer-here"
+    with pytest.raises(LitFactoryError, match=f"data.tokenizer='{missing}': could not load a tokenizer"):
+        DataModule("identity", tokenizer=str(missing)).tokenizer

@@ -66,10 +66,8 @@ def test_sharegpt_labels_are_the_reference_replies(peer_data_dir, qwen_tokenizer
     rows = json.loads((peer_data_dir / "glaive_toolcall_en_demo.json").read_text())[:6]
     module = make(peer_data_dir, qwen_tokenizer, "glaive_toolcall_en_demo", max_samples=6, cutoff_len=4096,
                   shuffle=False)
-    expected = [
-        "".join(turn["value"] + "<|im_end|>" for turn in row["conversations"] if turn["from"] in ("gpt", "function_call"))
-        for row in rows
-    ]
+    replies = [[t["value"] for t in row["conversations"] if t["from"] in ("gpt", "function_call")] for row in rows]
+    expected = ["".join(reply + "<|im_end|>" for reply in row_replies) for row_replies in replies]
     assert loss_texts(module, qwen_tokenizer) == expected
 
 

@@ -173,3 +173,20 @@ def test_custom_template_file(tmp_path):
     assert template.name == "mine"
     text = "".join(t for t, _ in template.render(TWO_TURNS[:2], eos_token="</s>"))
     assert text == "### Q: What is 2 + 2?\n### A: 2 + 2 = 4.</s>\n"
+
+
+@pytest.mark.parametrize("dataset", ["alpaca_en_demo", "alpaca_zh_demo", "identity", "glaive_toolcall_en_demo"])
+def test_demo_data_ids_match_apply_chat_template(dataset, qwen_tokenizer, peer_data_dir):
+    """Piece-by-piece tokenisation equals tokenising the whole rendering, on real data (first 100 rows)."""
+    from lit_factory.data.align import align_dataset
+    from lit_factory.data.loader import load_dataset_file
+    from lit_factory.data.spec import get_dataset_spec
+
+    spec = get_dataset_spec(dataset, peer_data_dir)
+    raw = load_dataset_file(spec)
+    rows = align_dataset(raw.select(range(min(100, len(raw)))), spec)
+    template = get_template("qwen")
+    for row in rows:
+        system = [{"role": "system", "content": row["system"]}] if row["system"] else []
+        input_ids, _ = encode_supervised(row["messages"], qwen_tokenizer, template, 10**6, system=row["system"])
+        assert input_ids == reference_ids(qwen_tokenizer, system + row["messages"])

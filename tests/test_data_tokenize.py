@@ -106,7 +106,10 @@ def test_padding_collator_right_pads():
     ])
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0, 0, 0, 0, 0], [8, 9, 10, 11, 12, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100, -100, -100, -100], [-100, -100, 10, 11, 12, -100, -100, -100]]
+    assert batch["labels"].tolist() == [
+        [-100, 6, 7, -100, -100, -100, -100, -100],
+        [-100, -100, 10, 11, 12, -100, -100, -100],
+    ]
     assert all(tensor.dtype == torch.long for tensor in batch.values())
     # Pretraining blocks have no labels column: the inputs are their own labels.
     assert PaddingCollator(pad_token_id=0)([{"input_ids": [3, 4]}])["labels"].tolist() == [[3, 4]]

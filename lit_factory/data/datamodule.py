@@ -113,8 +113,9 @@ class DataModule(pl.LightningDataModule):
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer)
             except (OSError, ValueError) as err:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise LitFactoryError(
-                    f"data.tokenizer={self._tokenizer!r}: could not load a tokenizer ({str(err).splitlines()[0]}). "
+                    f"data.tokenizer={self._tokenizer!r}: could not load a tokenizer ({reason}). "
                     "Fix: point it at a folder with tokenizer files."
                 ) from None
         return self._tokenizer

@@ -4,14 +4,16 @@ Supervised: the template renders each exchange as (prompt, response, separator) 
 its own (``add_special_tokens=False``) and the ids are concatenated, so the loss positions are exactly the response
 pieces, with no guessing at token boundaries. (This matches tokenising the whole string whenever a piece boundary
 is also a pre-tokenizer boundary, as it is after special tokens such as ``<|im_end|>``; the tests check it against
-``apply_chat_template``.)
+``apply_chat_template`` on LLaMA-Factory's demo sets. A reply that starts with whitespace right after a header that
+ends with whitespace could tokenise differently; LLaMA-Factory tokenises piece by piece the same way.)
 
 Truncation to ``cutoff_len`` (LLaMA-Factory's rule, so that datasets cut the same way in both): exchanges are kept
 whole, in order, while they fit. The first exchange that does not fit shares what is left of the budget: if its
 response is under half the budget the response stays whole and the prompt is cut; if the prompt is under half,
 the prompt stays whole and the response is cut; otherwise both are cut in proportion to their lengths. Each keeps
-its beginning. Later exchanges are dropped, and so is an exchange that would keep no response token. An example
-that ends with no loss token at all is dropped from the dataset (counted in a warning).
+its beginning. Later exchanges are dropped, and so is an exchange that would keep no response token (where
+LLaMA-Factory would still append a piece of its prompt, which carries no loss). An example that ends with no loss
+token at all is dropped from the dataset (counted in a warning).
 
 Pretrain: every document is tokenised, followed by the eos token, the documents are concatenated and the stream is
 cut into blocks of exactly ``cutoff_len`` tokens; the remainder of each map batch (1,000 documents) is dropped.
