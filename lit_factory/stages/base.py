@@ -25,11 +25,13 @@ Optimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions whose label is not -100 (computed in float32)."""
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:]
+    """Mean next-token cross-entropy over the positions whose label is not -100 (computed in float32).
+
+    The labels shift left rather than the logits: slicing the logits would copy the largest tensor of the step.
+    """
+    next_tokens = F.pad(labels, (0, 1), value=-100)[:, 1:]
     return F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), ignore_index=-100
+        logits.float().reshape(-1, logits.size(-1)), next_tokens.reshape(-1), ignore_index=-100
     )
 
 
