@@ -135,14 +135,13 @@ class Stage(pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        from transformers import get_scheduler
+        from lit_factory.optim.schedules import warmup_then_decay
 
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(trainable)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_steps * total) if 0 < self.warmup_steps < 1 else int(self.warmup_steps)
-        name = "constant_with_warmup" if self.lr_schedule == "constant" else self.lr_schedule
-        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        scheduler = warmup_then_decay(optimizer, self.lr_schedule, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints and outputs -------------------------------------------------------------------------------

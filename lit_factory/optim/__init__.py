@@ -1,0 +1,1 @@
+"""Optimizer-side pieces shared by the stages (learning-rate schedules)."""
