@@ -19,12 +19,17 @@ TRAINER_SUBCOMMANDS = {
     "predict": "run the predict loop of a recipe",
 }
 
+# Subcommands outside LightningCLI: name -> ("module:function", help). The function takes the remaining arguments,
+# parses them itself (argparse or jsonargparse) and returns an exit status; it is imported only when called.
+TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
 HELP = f"""usage: lit-factory <subcommand> [--config RECIPE.yaml] [--section.key VALUE ...]
 
 lit-factory {__version__}: efficient fine-tuning of large language models with PyTorch Lightning.
 
 subcommands:
 {chr(10).join(f"  {name:<10} {text}" for name, text in TRAINER_SUBCOMMANDS.items())}
+{chr(10).join(f"  {name:<10} {text}" for name, (_, text) in TOOL_SUBCOMMANDS.items())}
 
 Each subcommand takes LightningCLI options: --config (repeatable), dotted overrides such as
 --trainer.max_steps 5, --print_config. `lit-factory fit --help` lists every option of a recipe.
@@ -56,8 +61,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(__version__)
         return 0
     subcommand = args[0]
+    if subcommand in TOOL_SUBCOMMANDS:
+        return run_tool_subcommand(subcommand, args[1:])
     if subcommand not in TRAINER_SUBCOMMANDS:
-        return fail(f"unknown subcommand {subcommand!r}; choose one of: {', '.join(TRAINER_SUBCOMMANDS)}")
+        known = ", ".join([*TRAINER_SUBCOMMANDS, *TOOL_SUBCOMMANDS])
+        return fail(f"unknown subcommand {subcommand!r}; choose one of: {known}")
     for path in _config_paths(args[1:]):
         if not Path(path).is_file():
             return fail(f"--config: no such file {path!r}; give the path of a recipe YAML (see recipes/)")
@@ -72,6 +80,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else fail(str(exit_.code)))
     return 0
+
+
+def run_tool_subcommand(name: str, args: list[str]) -> int:
+    """Import and run one of ``TOOL_SUBCOMMANDS``; our errors become one line and status 2."""
+    from importlib import import_module
+
+    from lit_factory.errors import LitFactoryError
+
+    target, _ = TOOL_SUBCOMMANDS[name]
+    module, function = target.split(":")
+    try:
+        return int(getattr(import_module(module), function)(args) or 0)
+    except LitFactoryError as err:
+        return fail(str(err))
 
 
 if __name__ == "__main__":
