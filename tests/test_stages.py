@@ -165,3 +165,22 @@ def test_pretrain_stage_lowers_loss_on_packed_text(base_dir, tmp_path):
     recorder = LossRecorder()
     trainer(tmp_path, 12, callbacks=[recorder]).fit(stage, datamodule=data)
     assert recorder.losses[-1] < recorder.losses[0] - 0.5
+
+
+def test_adapter_resumes_training_and_loads_for_inference(base_dir, tmp_path):
+    from lit_factory.model import build_inference_model
+
+    first = SFT(ModelArgs(path=str(base_dir)), LoRA(r=4), partial(torch.optim.AdamW, lr=1e-2))
+    trainer(tmp_path / "first", 3).fit(first, datamodule=sparrow_data(first.tokenizer))
+    adapter = tmp_path / "first"
+    tokenizer = first.tokenizer
+    expected = logits_of(first.model.eval(), tokenizer)
+
+    inference = build_inference_model(ModelArgs(path=str(base_dir), adapter=str(adapter)), tokenizer)
+    assert not any(p.requires_grad for p in inference.parameters())
+    torch.testing.assert_close(logits_of(inference, tokenizer), expected, rtol=0, atol=1e-5)
+
+    resumed = SFT(ModelArgs(path=str(base_dir), adapter=str(adapter)), LoRA(r=4), partial(torch.optim.AdamW, lr=1e-2))
+    resumed.configure_model()
+    torch.testing.assert_close(logits_of(resumed.model.eval(), tokenizer), expected, rtol=0, atol=1e-5)
+    assert any(p.requires_grad for n, p in resumed.model.named_parameters() if "lora_B" in n)

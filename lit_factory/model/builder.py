@@ -29,6 +29,8 @@ class ModelArgs:
         config: Inline transformers config (must name ``model_type``) for a randomly initialised model; used
             instead of ``path``. ``vocab_size`` and the special token ids default to the tokenizer's.
         tokenizer: Tokenizer directory or hub id; defaults to ``path``.
+        adapter: A PEFT adapter folder to load on the base model: for LoRA training it is resumed (trained further),
+            for inference it is applied to the base.
         dtype: Weight dtype. ``auto``: bfloat16 on CUDA with compute capability >= 8.0, float16 on older CUDA
             devices, float32 on CPU. Trainable parameters are always kept in float32.
         attn_implementation: ``sdpa`` (default), ``flash_attention_2`` (needs the flash-attn package) or ``eager``.
@@ -41,6 +43,7 @@ class ModelArgs:
     path: Optional[str] = None
     config: Optional[dict[str, Any]] = None
     tokenizer: Optional[str] = None
+    adapter: Optional[str] = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     gradient_checkpointing: bool = False
@@ -54,6 +57,10 @@ class ModelArgs:
             )
         if self.tokenizer is None and self.path is None:
             raise LitFactoryError("model.tokenizer: a model built from `config` needs a tokenizer path")
+        if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
+            raise LitFactoryError(
+                f"model.adapter: {self.adapter!r} has no adapter_config.json; give a folder saved by a LoRA run"
+            )
 
     @property
     def tokenizer_path(self) -> str:
@@ -160,8 +167,35 @@ def build_model(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
 
-    model = (finetuning or Full()).apply(model, train_embeddings=added_tokens)
+    if args.adapter is not None:
+        from lit_factory.model.adapters import LoRA
+
+        if not isinstance(finetuning, LoRA):
+            raise LitFactoryError("model.adapter: resuming an adapter needs `finetuning: lit_factory.model.LoRA`")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter, is_trainable=True)
+    else:
+        model = (finetuning or Full()).apply(model, train_embeddings=added_tokens)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
     return model
+
+
+def build_inference_model(
+    args: ModelArgs, tokenizer: "PreTrainedTokenizerBase", device: Optional["torch.device"] = None
+) -> "PreTrainedModel":
+    """The base model with ``args.adapter`` (if any) applied, in eval mode with gradients off, on ``device``."""
+    import torch
+
+    _check_attention(args.attn_implementation)
+    device = device or torch.device("cpu")
+    model = _load_base(args, tokenizer, resolve_dtype(args.dtype, device))
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if args.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter)
+    return model.to(device).eval().requires_grad_(False)
