@@ -21,7 +21,9 @@ TRAINER_SUBCOMMANDS = {
 
 # Subcommands outside LightningCLI: name -> ("module:function", help). The function takes the remaining arguments,
 # parses them itself (argparse or jsonargparse) and returns an exit status; it is imported only when called.
-TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "board": ("lit_factory.board.app:main", "web UI to configure, run and watch fine-tuning: lit-factory board"),
+}
 
 HELP = f"""usage: lit-factory <subcommand> [--config RECIPE.yaml] [--section.key VALUE ...]
 

@@ -1,0 +1,149 @@
+"""``lit-factory board``: a local web app (Gradio) that configures, launches and watches fine-tuning runs.
+
+    lit-factory board --port 7860        # then open http://127.0.0.1:7860
+
+Every label exists in English, Chinese and Russian (``locales/``); the language is chosen at the top of the page.
+Bad input is answered by a message in the page (the status line under the buttons), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from lit_factory.board.locales import LANGUAGES, labels, text
+from lit_factory.board.runs import RunManager
+from lit_factory.errors import LitFactoryError
+
+log = logging.getLogger(__name__)
+
+CSS = """
+mark.loss { background: #fde68a; color: inherit; }
+pre.sample { white-space: pre-wrap; max-height: 16em; overflow-y: auto; }
+.board-progress progress { width: 100%; height: 1.2em; }
+"""
+
+
+class Labels:
+    """Components whose label (or, for buttons and headings, value) is a word from the locale dictionaries."""
+
+    def __init__(self, lang: str = "en") -> None:
+        self.lang = lang
+        self.entries: list[tuple[str, Any, str]] = []  # (key, component, what the word sets)
+
+    def __call__(self, key: str, component: Any, sets: str = "label") -> Any:
+        self.entries.append((key, component, sets))
+        info = labels(self.lang).get(f"{key}.info")
+        if sets == "label" and info:
+            component.info = info  # read when the page's config is built, after construction
+        return component
+
+    def word(self, key: str) -> str:
+        return labels(self.lang)[key]
+
+    def updates(self, lang: str) -> list[Any]:
+        """One ``gr.update`` per registered component, with the words of ``lang``."""
+        import gradio as gr
+
+        words = labels(lang)
+        result = []
+        for key, _, sets in self.entries:
+            if sets == "label":
+                info = words.get(f"{key}.info")
+                result.append(gr.update(label=words[key], **({"info": info} if info else {})))
+            else:
+                result.append(gr.update(**{sets: words[key]}))
+        return result
+
+    @property
+    def components(self) -> list[Any]:
+        return [component for _, component, _ in self.entries]
+
+
+def guarded(outputs: int, status_at: int) -> Callable:
+    """Wrap a handler so that any error becomes a one-line message in the status output (position ``status_at``
+    of ``outputs``); the other outputs stay as they were. The handler's last argument is the page's language."""
+
+    def wrap(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def run(*args: Any) -> Any:
+            import gradio as gr
+
+            try:
+                return handler(*args)
+            except LitFactoryError as err:
+                message = " ".join(str(err).split())
+            except Exception as err:  # a bug or a library error: the page gets one line, the console the traceback
+                log.exception("board handler %s failed", handler.__name__)
+                message = f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
+            lang = args[-1] if args and args[-1] in LANGUAGES else "en"
+            result = [gr.update() for _ in range(outputs)]
+            result[status_at] = text(lang, "msg_error", message=message)
+            return result[0] if outputs == 1 else tuple(result)
+
+        return run
+
+    return wrap
+
+
+def build_app(workdir: str | Path = ".", default_recipe: str = "quickstart.yaml") -> Any:
+    """The board's ``gr.Blocks``; runs start in ``workdir`` (relative recipe paths are relative to it)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    from lit_factory.board.tabs.train import build_train_tab
+
+    manager = RunManager(workdir)
+    ui = Labels("en")
+    with gr.Blocks(title="lit-factory board", analytics_enabled=False) as app:
+        with gr.Row():
+            ui("title", gr.Markdown(f"## {ui.word('title')}"), "value")
+            lang = ui("language", gr.Dropdown(
+                choices=[(name, code) for code, name in LANGUAGES.items()], value="en", scale=0, min_width=160,
+                elem_id="language",
+            ))
+        with gr.Tabs():
+            with ui("tab_train", gr.Tab(ui.word("tab_train"), elem_id="tab-train")):
+                build_train_tab(ui, manager, lang, default_recipe)
+        lang.change(lambda code: _relabel(ui, code), inputs=lang, outputs=ui.components, api_name="set_language")
+    app.board_manager = manager  # type: ignore[attr-defined]
+    return app
+
+
+def _relabel(ui: Labels, lang: str) -> list[Any]:
+    import gradio as gr
+
+    updates = ui.updates(lang)
+    for index, (key, _, sets) in enumerate(ui.entries):
+        if key == "title":
+            updates[index] = gr.update(value=f"## {labels(lang)['title']}")
+    return updates
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``lit-factory board [--host 127.0.0.1] [--port 7860] [--workdir .] [--recipe quickstart.yaml]``."""
+    parser = argparse.ArgumentParser(prog="lit-factory board", description="Web UI for fine-tuning runs.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--workdir", default=".", help="folder runs start in; recipe paths are relative to it")
+    parser.add_argument("--recipe", default="quickstart.yaml", help="recipe the Train tab starts from")
+    args = parser.parse_args(argv)
+    if not Path(args.workdir).is_dir():
+        raise LitFactoryError(f"--workdir: {args.workdir!r} is not a folder. Fix: give an existing folder.")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise LitFactoryError("board: gradio is not installed. Fix: pip install 'lit-factory[board]'.") from None
+    app = build_app(args.workdir, args.recipe)
+    print(f"lit-factory board on http://{args.host}:{args.port} (Ctrl-C to quit)", flush=True)
+    try:
+        app.queue(default_concurrency_limit=4).launch(
+            server_name=args.host, server_port=args.port, ssr_mode=False, quiet=True, css=CSS,
+        )
+    finally:
+        app.board_manager.shutdown()
+    return 0

@@ -1,0 +1,80 @@
+"""Dataset preview for the Train tab: how many examples a dataset has and a few of them rendered with the chat
+template, the loss-bearing part marked — through the same spec, loader, aligner and template the run uses."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Optional
+
+from lit_factory.errors import LitFactoryError
+
+
+def load_tokenizer(path: str) -> Any:
+    """A tokenizer for rendering (its bos/eos fill the template; ``auto`` templates look at it)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise LitFactoryError(f"tokenizer {path!r}: could not load it ({reason}). Fix: give a tokenizer folder.") from None
+
+
+def _segments_html(segments: list[tuple[str, bool]]) -> str:
+    return "".join(
+        f'<mark class="loss" title="loss">{html.escape(text)}</mark>' if loss else f"<span>{html.escape(text)}</span>"
+        for text, loss in segments
+    )
+
+
+def render_row(row: dict[str, Any], template: Any, bos: str, eos: str) -> list[tuple[str, bool]]:
+    """One aligned row as ``(text, is_loss_bearing)`` segments; ranking rows show chosen (loss) then rejected."""
+    messages, system = row.get("messages") or [], row.get("system") or None
+    if row.get("chosen") is not None and messages and messages[-1].get("role") == "user":
+        chosen = template.render([*messages, {"role": "assistant", "content": str(row["chosen"])}], system, bos, eos)
+        rejected = template.render([*messages, {"role": "assistant", "content": str(row["rejected"])}], system, bos, eos)
+        last_reply = [segment for segment in rejected if segment[1]][-1:]
+        return [*chosen, ("\n--- rejected ---\n", False), *last_reply]
+    dialogue = [m for m in messages if m.get("role") in ("user", "assistant", "system")]
+    if len(dialogue) != len(messages):  # tool turns: templates here render user/assistant only; show as text
+        return [("\n".join(f"[{m['role']}] {m['content']}" for m in messages), False)]
+    return template.render(messages, system, bos, eos)
+
+
+def preview_datasets(
+    dataset_dir: str, names: list[str], tokenizer_path: Optional[str], template_name: str, count: int = 3,
+    workdir: str | Path = ".", pretrain: bool = False,
+) -> tuple[str, str]:
+    """``(summary, html)``: example counts per dataset and the first ``count`` rows of each, rendered."""
+    from lit_factory.data.align import align_dataset, align_text
+    from lit_factory.data.loader import load_dataset_file
+    from lit_factory.data.spec import get_dataset_spec
+    from lit_factory.data.templates import get_template
+    from lit_factory.data.tokenize import special_tokens
+
+    if not names:
+        raise LitFactoryError("datasets: none chosen. Fix: pick at least one dataset to preview.")
+    folder = Path(dataset_dir) if Path(dataset_dir).is_absolute() else Path(workdir) / dataset_dir
+    tokenizer = None
+    if tokenizer_path:
+        local = Path(workdir) / tokenizer_path
+        tokenizer = load_tokenizer(str(local) if local.exists() else tokenizer_path)
+    bos, eos = special_tokens(tokenizer) if tokenizer is not None else ("", "")
+    template = None if pretrain else get_template(template_name or "auto", tokenizer)
+    summary, blocks = [], []
+    for name in names:
+        spec = get_dataset_spec(name, folder)
+        raw = load_dataset_file(spec)
+        if pretrain:
+            aligned = align_text(raw, spec)
+            column = aligned.column_names[0]
+            rendered = [[(str(row[column]), True)] for row in aligned.select(range(min(count, len(aligned))))]
+        else:
+            aligned = align_dataset(raw, spec)
+            rendered = [render_row(row, template, bos, eos) for row in aligned.select(range(min(count, len(aligned))))]
+        summary.append(f"{name}: {len(aligned)} / {len(raw)}")
+        blocks.append(f"<h4>{html.escape(name)}</h4>" + "".join(
+            f'<pre class="sample">{_segments_html(segments)}</pre>' for segments in rendered
+        ))
+    return "; ".join(summary), "".join(blocks)

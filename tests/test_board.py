@@ -1,0 +1,171 @@
+"""The board without a server: words in every language, recipes as the source of the form's defaults, recipe
+assembly and its one-line errors, the dataset preview, the run manager's refusal of a second run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("gradio", reason="the board needs the optional 'board' extra (gradio)")
+
+from lit_factory.board import recipe as recipes  # noqa: E402
+from lit_factory.board.locales import LANGUAGES, labels  # noqa: E402
+from lit_factory.errors import LitFactoryError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quickstart_form(tmp_path: Path, **changes) -> recipes.TrainForm:
+    form = recipes.form_from_recipe(recipes.load_recipe("quickstart.yaml"), run_name="unit")
+    form.output_dir = str(tmp_path / "runs")
+    for name, value in changes.items():
+        setattr(form, name, value)
+    return form
+
+
+def test_every_label_exists_in_every_language():
+    english = labels("en")
+    for code in LANGUAGES:
+        words = labels(code)
+        assert set(words) == set(english), f"{code}: missing {set(english) - set(words)}, extra {set(words) - set(english)}"
+        assert all(isinstance(value, str) and value.strip() for value in words.values())
+        if code != "en":  # a copy of the English dictionary would pass the key check but translate nothing
+            same = [key for key in english if words[key] == english[key] and not key.startswith(("lora_alpha",))]
+            assert len(same) < 5, f"{code} leaves these untranslated: {same}"
+        # every message template takes the same placeholders in every language
+        for key, value in english.items():
+            assert _placeholders(words[key]) == _placeholders(value), f"{code}:{key}"
+
+
+def _placeholders(value: str) -> set[str]:
+    import string
+
+    return {name for _, name, _, _ in string.Formatter().parse(value) if name}
+
+
+def test_language_switch_relabels_every_registered_component():
+    from lit_factory.board.app import Labels, _relabel, build_app
+
+    captured: list[Labels] = []
+    original = Labels.__init__
+
+    def spy(self, lang="en"):
+        original(self, lang)
+        captured.append(self)
+
+    Labels.__init__ = spy
+    try:
+        build_app(REPO)
+    finally:
+        Labels.__init__ = original
+    ui = captured[-1]
+    keys = [key for key, _, _ in ui.entries]
+    assert {"model_path", "learning_rate", "start_button", "stop_button", "loss_plot", "tab_train"} <= set(keys)
+    for code in LANGUAGES:
+        updates = _relabel(ui, code)
+        assert len(updates) == len(ui.entries)
+        for (key, _, sets), update in zip(ui.entries, updates):
+            shown = update["label" if sets == "label" else sets]
+            assert labels(code)[key] in shown
+
+
+def test_form_defaults_come_from_the_recipe():
+    recipe = yaml.safe_load((REPO / "recipes" / "sft" / "lora.yaml").read_text())
+    form = recipes.form_from_recipe(recipes.load_recipe("sft/lora.yaml"))
+    stage = recipe["model"]["init_args"]
+    assert form.model_path == stage["model"]["path"]
+    assert form.method == "LoRA" and form.lora_r == stage["finetuning"]["init_args"]["r"]
+    assert form.lora_alpha == stage["finetuning"]["init_args"]["alpha"]
+    assert float(form.learning_rate) == stage["optimizer"]["init_args"]["lr"]
+    assert form.max_epochs == str(recipe["trainer"]["max_epochs"])
+    assert form.batch_size == recipe["data"]["init_args"]["batch_size"]
+    assert form.datasets == recipe["data"]["init_args"]["dataset"]
+
+
+def test_assembled_recipe_writes_the_form_over_the_base_and_keeps_the_rest(tmp_path):
+    form = quickstart_form(tmp_path, method="LoRA", lora_r=4, lora_alpha=8, lora_targets="q_proj, v_proj",
+                           learning_rate="5e-4", max_steps="7", datasets=["sparrow_sft"])
+    recipe = recipes.assemble_recipe(recipes.load_recipe("quickstart.yaml"), form, REPO)
+    stage = recipe["model"]["init_args"]
+    assert stage["finetuning"] == {"class_path": "lit_factory.model.LoRA", "init_args": {
+        "r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+    assert stage["optimizer"]["init_args"]["lr"] == 5e-4
+    assert stage["model"]["config"]["hidden_size"] == 128  # the inline config passes through untouched
+    assert recipe["trainer"]["max_steps"] == 7 and recipe["trainer"]["gradient_clip_val"] == 1.0
+    assert recipe["data"]["init_args"]["dataset"] == ["sparrow_sft"]
+    assert recipes.run_dir(recipe) == tmp_path / "runs" / "unit"
+    assert yaml.safe_load(recipes.recipe_yaml(recipe)) == recipe
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_path": "", "tokenizer": ""}, "tokenizer"),
+    ({"model_path": "./no/such/model"}, "model path"),
+    ({"datasets": ["no_such_set"]}, "no_such_set"),
+    ({"datasets": []}, "datasets: none chosen"),
+    ({"learning_rate": "fast"}, "learning rate: 'fast' is not a number"),
+    ({"batch_size": 2.5}, "batch size"),
+    ({"max_steps": "", "max_epochs": ""}, "epochs / max steps"),
+    ({"method_options": "rank: 3"}, "has no option(s) ['rank']"),
+    ({"stage": "Nope"}, "stage: 'Nope' is unknown"),
+    ({"run_name": ""}, "run name"),
+])
+def test_bad_input_is_one_line_naming_the_field(tmp_path, changes, message):
+    form = quickstart_form(tmp_path, **changes)
+    with pytest.raises(LitFactoryError, match=None) as raised:
+        recipes.assemble_recipe(recipes.load_recipe("quickstart.yaml"), form, REPO)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_missing_model_path_is_refused_when_the_recipe_has_no_inline_config(tmp_path):
+    form = recipes.form_from_recipe(recipes.load_recipe("sft/lora.yaml"), run_name="x")
+    form.model_path, form.dataset_dir, form.datasets = "", "lit_factory/assets/demo", ["sparrow_sft"]
+    with pytest.raises(LitFactoryError, match="model path: empty"):
+        recipes.assemble_recipe(recipes.load_recipe("sft/lora.yaml"), form, REPO)
+
+
+def test_preview_marks_exactly_the_template_loss_segments():
+    from transformers import AutoTokenizer
+
+    from lit_factory.board.preview import preview_datasets
+    from lit_factory.data.templates import get_template
+
+    tokenizer_dir = REPO / "lit_factory" / "assets" / "sparrow-tokenizer"
+    summary, page = preview_datasets("lit_factory/assets/demo", ["sparrow_dialogues"], str(tokenizer_dir), "chatml",
+                                     count=2, workdir=REPO)
+    data = __import__("json").loads((REPO / "lit_factory/assets/demo/sparrow_dialogues.json").read_text())
+    assert summary == f"sparrow_dialogues: {len(data)} / {len(data)}"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    first = data[0]["conversations"]
+    messages = [{"role": "user" if turn["from"] == "human" else "assistant", "content": turn["value"]} for turn in first]
+    segments = get_template("chatml", tokenizer).render(messages, None, tokenizer.bos_token or "", tokenizer.eos_token or "")
+    import html as html_lib
+
+    for text, loss in segments:
+        tag = '<mark class="loss" title="loss">' if loss else "<span>"
+        assert tag + html_lib.escape(text) in page
+
+
+def test_a_second_launch_while_one_runs_is_refused(tmp_path):
+    import subprocess
+
+    from lit_factory.board.runs import Run, RunManager
+
+    manager = RunManager(tmp_path)
+    # A stand-in for a training process: the refusal must not depend on what the first run trains.
+    busy = Run("busy", tmp_path / "busy", subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    manager.runs["busy"] = busy
+    try:
+        with pytest.raises(LitFactoryError, match="'busy' is still training; one run at a time"):
+            manager.launch("x: 1\n", tmp_path / "second")
+        assert not (tmp_path / "second").exists()
+    finally:
+        busy.process.kill()
+        busy.process.wait()
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "recipe.yaml").write_text("x: 1\n")
+    with pytest.raises(LitFactoryError, match="already holds a run"):
+        manager.launch("x: 2\n", tmp_path / "done")
+    assert (tmp_path / "done" / "recipe.yaml").read_text() == "x: 1\n"
