@@ -11,6 +11,7 @@ import pytest
 from lit_factory.data.align import align_alpaca, align_dataset, align_sharegpt
 from lit_factory.data.datamodule import DataModule
 from lit_factory.data.loader import load_dataset_file
+from lit_factory.data.pipeline import check_objective
 from lit_factory.data.spec import get_dataset_spec, parse_entry
 from lit_factory.errors import LitFactoryError
 
@@ -20,6 +21,9 @@ def write_data(folder: Path, entries: dict, files: dict[str, object]) -> Path:
     for name, rows in files.items():
         (folder / name).write_text(rows if isinstance(rows, str) else json.dumps(rows))
     return folder
+
+
+NO_EXTRAS = {"chosen": "", "rejected": "", "kto_tag": None, "images": [], "videos": [], "audios": []}
 
 
 def spec_of(entry: dict, name: str = "x"):
@@ -40,6 +44,7 @@ def test_alpaca_row_with_history_query_and_system():
         ],
         "system": "Be exact.",
         "tools": "",
+        **NO_EXTRAS,
     }
     # An empty query leaves the prompt alone (no trailing newline), as in LLaMA-Factory.
     assert align_alpaca({"instruction": "Hi", "input": "", "output": "Hello"}, spec)["messages"][0]["content"] == "Hi"
@@ -62,12 +67,13 @@ def test_sharegpt_row_with_system_tag_and_tool_turns():
     assert align_sharegpt(row, spec) == {
         "messages": [
             {"role": "user", "content": "Weather?"},
-            {"role": "assistant", "content": '{"name": "weather"}'},
-            {"role": "user", "content": '{"temp": 20}'},
+            {"role": "function", "content": '{"name": "weather"}'},
+            {"role": "observation", "content": '{"temp": 20}'},
             {"role": "assistant", "content": "20 degrees."},
         ],
         "system": "Use tools.",
         "tools": '[{"name": "weather"}]',
+        **NO_EXTRAS,
     }
 
 
@@ -149,11 +155,27 @@ def test_missing_data_file_names_the_file(tmp_path, qwen_tokenizer):
         module.setup("fit")
 
 
-def test_hub_only_entry_is_named(peer_data_dir):
+def test_hub_entry_reads_subset_split_folder_and_fails_offline_in_one_line(peer_data_dir, tmp_path, monkeypatch):
+    import datasets.config
+
     info = json.loads((peer_data_dir / "dataset_info.json").read_text())
     hub_name = next(name for name, entry in info.items() if "hf_hub_url" in entry and "file_name" not in entry)
-    with pytest.raises(LitFactoryError, match=f"entry '{hub_name}' is loaded via hf_hub_url; hub .* not supported"):
-        get_dataset_spec(hub_name, peer_data_dir)
+    spec = get_dataset_spec(hub_name, peer_data_dir)
+    assert spec.hub_id == info[hub_name]["hf_hub_url"]
+    folder = write_data(tmp_path, {"remote": {"ms_hub_url": "someone/set", "subset": "en", "split": "test",
+                                              "folder": "part1"}}, {})
+    spec = get_dataset_spec("remote", folder)
+    assert (spec.hub_id, spec.subset, spec.split, spec.folder) == ("someone/set", "en", "test", "part1")
+    # No network here (and none in CI): the error names the entry and the fix instead of a library traceback.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    from lit_factory.data.loader import load_dataset_file
+
+    with pytest.raises(LitFactoryError, match=r"entry 'remote': could not load Hub dataset 'someone/set' "
+                                              r"\(subset='en', split='test'.*set file_name") as error:
+        load_dataset_file(spec)
+    assert "\n" not in str(error.value)
+    with pytest.raises(LitFactoryError, match="loaded via om_hub_url; hub and script datasets are not supported"):
+        spec_of({"om_hub_url": "x/y"})
 
 
 def test_missing_column_names_the_file_and_columns(tmp_path):
@@ -176,7 +198,7 @@ def test_invalid_entries(tmp_path):
         get_dataset_spec("x", tmp_path)
     preference = spec_of({"file_name": "x.json", "ranking": True, "formatting": "sharegpt"}, name="prefs")
     with pytest.raises(LitFactoryError, match="'prefs' is a preference"):
-        align_dataset(None, preference)
+        check_objective(preference, "supervised")
 
 
 def test_unloadable_tokenizer_names_the_field(tmp_path):

@@ -66,7 +66,15 @@ def test_sharegpt_labels_are_the_reference_replies(peer_data_dir, qwen_tokenizer
     rows = json.loads((peer_data_dir / "glaive_toolcall_en_demo.json").read_text())[:6]
     module = make(peer_data_dir, qwen_tokenizer, "glaive_toolcall_en_demo", max_samples=6, cutoff_len=4096,
                   shuffle=False)
-    replies = [[t["value"] for t in row["conversations"] if t["from"] in ("gpt", "function_call")] for row in rows]
+    def reply(turn: dict) -> str:
+        if turn["from"] == "gpt":
+            return turn["value"]
+        # A tool call as Qwen's official template writes it (name, then arguments through `tojson`).
+        call = json.loads(turn["value"])
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        return f'<tool_call>\n{{"name": "{call["name"]}", "arguments": {arguments}}}\n</tool_call>'
+
+    replies = [[reply(t) for t in row["conversations"] if t["from"] in ("gpt", "function_call")] for row in rows]
     expected = ["".join(reply + "<|im_end|>" for reply in row_replies) for row_replies in replies]
     assert loss_texts(module, qwen_tokenizer) == expected
 

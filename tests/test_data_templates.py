@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -188,5 +189,23 @@ def test_demo_data_ids_match_apply_chat_template(dataset, qwen_tokenizer, peer_d
     template = get_template("qwen")
     for row in rows:
         system = [{"role": "system", "content": row["system"]}] if row["system"] else []
-        input_ids, _ = encode_supervised(row["messages"], qwen_tokenizer, template, 10**6, system=row["system"])
-        assert input_ids == reference_ids(qwen_tokenizer, system + row["messages"])
+        input_ids, labels = encode_supervised(row["messages"], qwen_tokenizer, template, 10**6, system=row["system"],
+                                              tools=row["tools"])
+        tools = json.loads(row["tools"]) if row["tools"] else None
+        expected = reference_ids(qwen_tokenizer, system + openai_messages(row["messages"]), tools=tools)
+        assert input_ids == expected
+        assert labels == expected_qwen_labels(expected, qwen_tokenizer)
+
+
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """Our function/observation turns as the OpenAI messages Qwen's template reads (tool_calls / tool)."""
+    out = []
+    for message in messages:
+        if message["role"] == "function":
+            call = json.loads(message["content"])
+            out.append({"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]})
+        elif message["role"] == "observation":
+            out.append({"role": "tool", "content": message["content"]})
+        else:
+            out.append(message)
+    return out

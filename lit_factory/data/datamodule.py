@@ -1,9 +1,8 @@
-"""The data module: named datasets from a ``dataset_info.json`` -> padded training batches.
+"""The data module: named datasets from a ``dataset_info.json`` -> padded batches in the format of a stage's objective.
 
-Per dataset: read the file (loader) -> truncate to ``max_samples`` -> align to standard conversation rows (align) ->
-render with the chat template and tokenise with the loss mask (tokenize). Pretraining reads one text column and
-packs it into fixed-size blocks instead. The datasets are concatenated in the order given, then split into train and
-validation with ``seed``.
+Each dataset is prepared by :mod:`lit_factory.data.pipeline` (read, align, tokenise, pack; cached on disk), the
+datasets are mixed (concatenated in order, or interleaved with probabilities), then split into train and validation
+with ``seed``. The collator follows the objective (see :mod:`lit_factory.data.collators` for the batch formats).
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
 
-from lit_factory.data.align import align_dataset, align_text
-from lit_factory.data.collators import PaddingCollator
-from lit_factory.data.loader import load_dataset_file
+from lit_factory.data.collators import KTOCollator, PaddingCollator, PairwiseCollator, PromptCollator
+from lit_factory.data.pipeline import OBJECTIVES, Preprocessing, mix_datasets, prepare_dataset
 from lit_factory.data.spec import get_dataset_spec
-from lit_factory.data.templates import Template, get_template
-from lit_factory.data.tokenize import tokenize_pretrain_dataset, tokenize_supervised_dataset
+from lit_factory.data.templates import AnyTemplate, get_template
 from lit_factory.errors import LitFactoryError
 
 if TYPE_CHECKING:
@@ -32,24 +29,36 @@ class DataModule(pl.LightningDataModule):
     """Fine-tuning data from LLaMA-Factory style ``dataset_info.json`` entries.
 
     Args:
-        dataset: entry names in ``<dataset_dir>/dataset_info.json``, as a list or comma-separated; concatenated in
-            this order.
+        dataset: entry names in ``<dataset_dir>/dataset_info.json``, as a list or comma-separated.
         dataset_dir: the folder holding ``dataset_info.json`` (file names in it are relative to this folder).
         tokenizer: a tokenizer folder or hub id, or a loaded tokenizer (the CLI passes the stage's own). It is not
             modified: without a pad token, batches are padded with the eos id.
-        objective: ``supervised`` trains on the assistant replies of conversations; ``pretrain`` on plain text
-            packed into blocks of ``cutoff_len`` tokens. The CLI sets it from the stage.
+        objective: what the stage trains on (the CLI sets it from the stage): ``supervised`` (assistant replies
+            of conversations), ``pretrain`` (plain text packed into blocks of ``cutoff_len``), ``pairwise``
+            (ranking data: n chosen then n rejected rows), ``kto`` (rows with a desirable flag, plus mismatched
+            pairs), ``prompt`` (left-padded prompts only, for PPO and generation).
         template: chat template name (a file in ``templates/``) or a path to a template YAML; ``auto`` picks one
-            from the tokenizer. Unused by ``pretrain``.
-        cutoff_len: most tokens per example (supervised), exact tokens per block (pretrain).
-        batch_size: training examples per batch.
+            from the tokenizer; ``tokenizer`` uses the tokenizer's own jinja chat template. Unused by ``pretrain``.
+        cutoff_len: most tokens per example (supervised, preference), exact tokens per block (pretrain), most
+            tokens per packed row (packing).
+        batch_size: training examples per batch (pairwise: pairs, so 2x rows).
         eval_batch_size: validation examples per batch; defaults to ``batch_size``.
-        val_size: held-out validation examples: a count if >= 1, a fraction of the data if in (0, 1), none if 0.
+        val_size: held-out validation examples: a count if >= 1, a fraction of the data if in (0, 1), none if 0
+            (streaming: a count only, taken from the start of the stream).
         max_samples: keep only the first this many rows of each dataset (quick runs, debugging).
         train_on_prompt: put the loss on prompts too, not only on the replies.
+        mask_history: put the loss on the last reply of each conversation only.
+        packing: (supervised) pack several conversations into each row of ``cutoff_len`` tokens; attention and
+            position ids are kept per conversation (see :mod:`lit_factory.data.packing`).
+        mix_strategy: how several datasets combine: ``concat`` (in order), ``interleave_under`` (draw until the
+            first runs out) or ``interleave_over`` (until the last runs out, repeating the others).
+        interleave_probs: probability of drawing from each dataset when interleaving (default: equal).
+        streaming: read the files lazily as an ``IterableDataset`` (corpora larger than memory); no disk cache.
+        buffer_size: shuffle buffer of a stream (examples).
+        preprocessing_num_workers: processes for the tokenising map (None: in-process).
         shuffle: shuffle the training set every epoch.
         num_workers: DataLoader worker processes.
-        seed: seed of the train/validation split and of the shuffling order.
+        seed: seed of sampling, mixing, the train/validation split and the shuffling order.
     """
 
     def __init__(
@@ -57,7 +66,7 @@ class DataModule(pl.LightningDataModule):
         dataset: str | list[str],
         dataset_dir: str = "data",
         tokenizer: Any = None,
-        objective: Literal["supervised", "pretrain"] = "supervised",
+        objective: Literal["supervised", "pretrain", "pairwise", "kto", "prompt"] = "supervised",
         template: str = "auto",
         cutoff_len: int = 1024,
         batch_size: int = 4,
@@ -65,6 +74,13 @@ class DataModule(pl.LightningDataModule):
         val_size: float = 0.0,
         max_samples: int | None = None,
         train_on_prompt: bool = False,
+        mask_history: bool = False,
+        packing: bool = False,
+        mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat",
+        interleave_probs: list[float] | None = None,
+        streaming: bool = False,
+        buffer_size: int = 1024,
+        preprocessing_num_workers: int | None = None,
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 42,
@@ -74,8 +90,8 @@ class DataModule(pl.LightningDataModule):
         self.dataset_names = [name.strip() for name in names if name.strip()]
         if not self.dataset_names:
             raise LitFactoryError("data.dataset is empty. Fix: name at least one entry of dataset_info.json.")
-        if objective not in ("supervised", "pretrain"):
-            raise LitFactoryError(f"data.objective={objective!r} is unknown. Fix: use 'supervised' or 'pretrain'.")
+        if objective not in OBJECTIVES:
+            raise LitFactoryError(f"data.objective={objective!r} is unknown. Fix: use one of {list(OBJECTIVES)}.")
         for field, value in (("cutoff_len", cutoff_len), ("batch_size", batch_size)):
             if value < 1:
                 raise LitFactoryError(f"data.{field}={value} must be at least 1. Fix: set a positive number.")
@@ -83,6 +99,20 @@ class DataModule(pl.LightningDataModule):
             raise LitFactoryError(f"data.max_samples={max_samples} must be at least 1 (or null for all rows).")
         if val_size < 0:
             raise LitFactoryError(f"data.val_size={val_size} is negative. Fix: 0 (no validation), a count or a ratio.")
+        if streaming and 0 < val_size < 1:
+            raise LitFactoryError(f"data.val_size={val_size}: a stream has no length to take a ratio of. Fix: a count.")
+        if objective == "kto" and batch_size < 2:
+            raise LitFactoryError("data.batch_size=1: KTO pairs each prompt with another row's completion for its "
+                                  "KL term. Fix: batch_size of at least 2.")
+        if packing and objective != "supervised":
+            raise LitFactoryError(f"data.packing applies to the supervised objective, not {objective!r} (pretrain "
+                                  "always packs). Fix: set packing: false.")
+        if mix_strategy not in ("concat", "interleave_under", "interleave_over"):
+            raise LitFactoryError(f"data.mix_strategy={mix_strategy!r} is unknown. Fix: concat, interleave_under "
+                                  "or interleave_over.")
+        if interleave_probs is not None and len(interleave_probs) != len(self.dataset_names):
+            raise LitFactoryError(f"data.interleave_probs has {len(interleave_probs)} values for "
+                                  f"{len(self.dataset_names)} datasets. Fix: one probability per dataset.")
         self.dataset_dir = dataset_dir
         self.objective = objective
         self.template_name = template
@@ -90,15 +120,21 @@ class DataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_size = val_size
-        self.max_samples = max_samples
-        self.train_on_prompt = train_on_prompt
+        self.mix_strategy = mix_strategy
+        self.interleave_probs = interleave_probs
+        self.buffer_size = buffer_size
         self.shuffle = shuffle
         self.num_workers = num_workers
         self.seed = seed
+        self.preprocessing = Preprocessing(
+            objective=objective, cutoff_len=cutoff_len, train_on_prompt=train_on_prompt, mask_history=mask_history,
+            max_samples=max_samples, num_proc=preprocessing_num_workers, streaming=streaming, packing=packing,
+            seed=seed,
+        )
         self._tokenizer = tokenizer
-        self._template: Template | None = None
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
+        self._template: AnyTemplate | None = None
+        self.train_set: Any = None
+        self.val_set: Any = None
         # A tokenizer object does not belong in a checkpoint's hyperparameters; the stage records the model path.
         self.save_hyperparameters(ignore=["tokenizer"])
 
@@ -121,7 +157,7 @@ class DataModule(pl.LightningDataModule):
         return self._tokenizer
 
     @property
-    def template(self) -> Template:
+    def template(self) -> AnyTemplate:
         """The chat template, resolved on first use (``auto`` looks at the tokenizer)."""
         if self._template is None:
             self._template = get_template(self.template_name, self.tokenizer)
@@ -136,14 +172,24 @@ class DataModule(pl.LightningDataModule):
             raise LitFactoryError("data.tokenizer has neither a pad nor an eos token. Fix: use a tokenizer with one.")
         return pad_id
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load, align and tokenise every dataset once, then split off validation."""
-        if self.train_set is not None:
-            return
-        from datasets import concatenate_datasets
+    def prepare(self, name: str) -> "Dataset":
+        """One dataset's rows, ready for the collator (see :func:`lit_factory.data.pipeline.prepare_dataset`)."""
+        template = None if self.objective == "pretrain" else self.template
+        return prepare_dataset(name, self.dataset_dir, self.tokenizer, template, self.preprocessing)
 
-        parts = [self._prepare(name) for name in self.dataset_names]
-        data = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    def setup(self, stage: str | None = None) -> None:
+        """Load, align and tokenise every dataset once, mix them, then split off validation."""
+        if self.train_set is not None or stage == "predict":  # predict_dataloader prepares its own rows
+            return
+        for name in self.dataset_names:  # catalogue errors first: they need no tokenizer
+            get_dataset_spec(name, self.dataset_dir)
+        parts = [self.prepare(name) for name in self.dataset_names]
+        data = mix_datasets(parts, self.mix_strategy, self.interleave_probs, self.seed)
+        if self.preprocessing.streaming:
+            count = int(self.val_size)
+            self.train_set = data.skip(count) if count else data
+            self.val_set = data.take(count) if count else None
+            return
         if len(data) == 0:
             raise LitFactoryError(
                 f"data.dataset={','.join(self.dataset_names)}: no usable example left after alignment and "
@@ -153,18 +199,6 @@ class DataModule(pl.LightningDataModule):
         log.info(
             "data: %d training and %d validation examples from %s",
             len(self.train_set), len(self.val_set) if self.val_set is not None else 0, ", ".join(self.dataset_names),
-        )
-
-    def _prepare(self, name: str) -> "Dataset":
-        spec = get_dataset_spec(name, self.dataset_dir)
-        dataset = load_dataset_file(spec)
-        if self.max_samples is not None and self.max_samples < len(dataset):
-            dataset = dataset.select(range(self.max_samples))
-        if self.objective == "pretrain":
-            return tokenize_pretrain_dataset(align_text(dataset, spec), self.tokenizer, self.cutoff_len, name)
-        aligned = align_dataset(dataset, spec)
-        return tokenize_supervised_dataset(
-            aligned, self.tokenizer, self.template, self.cutoff_len, self.train_on_prompt, name
         )
 
     def _split(self, data: "Dataset") -> tuple["Dataset", "Dataset | None"]:
@@ -179,22 +213,43 @@ class DataModule(pl.LightningDataModule):
         split = data.train_test_split(test_size=val_count, seed=self.seed, shuffle=True)
         return split["train"], split["test"]
 
-    def _loader(self, dataset: "Dataset", batch_size: int, shuffle: bool) -> "DataLoader":
+    def collator(self) -> Any:
+        """The collator of this objective (see :mod:`lit_factory.data.collators`)."""
+        pad_id = self.pad_token_id
+        if self.objective == "pairwise":
+            return PairwiseCollator(pad_id)
+        if self.objective == "kto":
+            return KTOCollator(pad_id, self.cutoff_len)
+        if self.objective == "prompt":
+            return PromptCollator(pad_id)
+        if self.preprocessing.packing:
+            from lit_factory.data.packing import PackedCollator
+
+            return PackedCollator(pad_id)
+        return PaddingCollator(pad_id)
+
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, collate_fn: Any = None) -> "DataLoader":
         import torch
         from torch.utils.data import DataLoader
 
+        streaming = self.preprocessing.streaming
+        if streaming and shuffle:
+            dataset = dataset.shuffle(seed=self.seed, buffer_size=self.buffer_size)
+        shuffle = shuffle and not streaming
         return DataLoader(
-            dataset,
+            dataset.with_format("python") if streaming else dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            collate_fn=PaddingCollator(self.pad_token_id),
+            collate_fn=collate_fn or self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # KTO's mismatched pairs need two rows in every batch.
+            drop_last=self.objective == "kto" and not streaming and len(dataset) % batch_size == 1,
         )
 
     def train_dataloader(self) -> "DataLoader":
-        """Shuffled (unless ``shuffle`` is off), right-padded training batches."""
+        """Shuffled (unless ``shuffle`` is off) training batches in the objective's format."""
         self.setup()
         return self._loader(self.train_set, self.batch_size, self.shuffle)
 
@@ -204,3 +259,15 @@ class DataModule(pl.LightningDataModule):
         if self.val_set is None:
             return []
         return self._loader(self.val_set, self.eval_batch_size, False)
+
+    def predict_dataloader(self) -> "DataLoader":
+        """Every row of the datasets, in order and unsplit, as LEFT-padded generation prompts (the conversation up
+        to its last reply) with that reply as ``labels_text``, ``eval_batch_size`` rows per batch (for
+        ``lit-factory predict``)."""
+        from dataclasses import replace
+
+        settings = replace(self.preprocessing, objective="prompt", packing=False)
+        parts = [prepare_dataset(name, self.dataset_dir, self.tokenizer, self.template, settings)
+                 for name in self.dataset_names]
+        data = mix_datasets(parts, self.mix_strategy, self.interleave_probs, self.seed)
+        return self._loader(data, self.eval_batch_size, False, PromptCollator(self.pad_token_id, with_labels_text=True))

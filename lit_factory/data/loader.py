@@ -1,21 +1,37 @@
-"""Read a dataset entry's local file(s) into a ``datasets.Dataset``; the file extension picks the reader."""
+"""Read a dataset entry into a ``datasets.Dataset`` (or ``IterableDataset`` when streaming).
+
+Local files: the file extension picks the reader; a folder is read as all its files (one kind). Hub entries
+(``hf_hub_url``/``ms_hub_url``) go through ``datasets.load_dataset`` with the entry's subset, split and folder; with
+no network that fails, and the error says so and how to fix it. ``num_samples`` then sub- or over-samples (seeded).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lit_factory.data.spec import DatasetSpec
 from lit_factory.errors import LitFactoryError
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
 # `datasets` builder for each extension it reads (LLaMA-Factory's FILEEXT2TYPE, minus the hub-only ones).
 READERS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet", "arrow": "arrow", "txt": "text"}
 
 
-def load_dataset_file(spec: DatasetSpec) -> "Dataset":
-    """All rows of the file (or of every file in the folder) that ``spec.path`` names, truncated to num_samples."""
+def _reason(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def load_dataset_file(spec: DatasetSpec, streaming: bool = False, seed: int = 42) -> "Dataset | IterableDataset":
+    """All rows the entry names (a local file or folder, or a Hub dataset), then ``num_samples`` applied."""
+    dataset = _load_hub(spec, streaming) if spec.hub_id else _load_local(spec, streaming)
+    if spec.num_samples is not None:
+        dataset = sample_rows(dataset, spec.num_samples, seed)
+    return dataset
+
+
+def _load_local(spec: DatasetSpec, streaming: bool) -> Any:
     from datasets import load_dataset
 
     files = sorted(p for p in spec.path.iterdir() if p.is_file()) if spec.path.is_dir() else [spec.path]
@@ -32,12 +48,38 @@ def load_dataset_file(spec: DatasetSpec) -> "Dataset":
         )
     reader = READERS[extensions.pop()]
     try:
-        dataset = load_dataset(reader, data_files=[str(p) for p in files], split="train")
+        return load_dataset(reader, data_files=[str(p) for p in files], split="train", streaming=streaming)
     except Exception as err:  # the readers raise many types; the user needs the file name and the reason
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LitFactoryError(
-            f"{spec.path}: could not be read as {reader} ({reason}). Fix: check the file's format."
+            f"{spec.path}: could not be read as {reader} ({_reason(err)}). Fix: check the file's format."
         ) from err
-    if spec.num_samples is not None and spec.num_samples < len(dataset):
-        dataset = dataset.select(range(spec.num_samples))
-    return dataset
+
+
+def _load_hub(spec: DatasetSpec, streaming: bool) -> Any:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(spec.hub_id, name=spec.subset, data_dir=spec.folder, split=spec.split,
+                            streaming=streaming)
+    except Exception as err:  # offline (ConnectionError, LocalEntryNotFoundError), unknown id, bad split, ...
+        raise LitFactoryError(
+            f"{spec.info_file}: entry {spec.name!r}: could not load Hub dataset {spec.hub_id!r} "
+            f"(subset={spec.subset!r}, split={spec.split!r}: {_reason(err)}). Fix: check the id and the network, "
+            "or download the files and set file_name."
+        ) from None
+
+
+def sample_rows(dataset: Any, num_samples: int, seed: int) -> Any:
+    """``num_samples`` rows: a seeded random subset when fewer than the dataset has; whole copies of the dataset
+    plus a seeded random rest when more (LLaMA-Factory's over-sampling). Streams just take the first rows."""
+    import numpy as np
+
+    if not hasattr(dataset, "__len__"):
+        return dataset.take(num_samples)
+    total = len(dataset)
+    rng = np.random.default_rng(seed)
+    indices = np.concatenate([
+        np.tile(np.arange(total), num_samples // total),
+        rng.permutation(total)[: num_samples % total],
+    ])
+    return dataset.select(indices.tolist())

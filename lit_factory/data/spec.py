@@ -9,8 +9,10 @@ An entry looks like::
       "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
     }
 
-This version reads local files only; entries that point at a hub (``hf_hub_url``, ``ms_hub_url``, ``om_hub_url``)
-or at a loading script are rejected with an error that names them.
+Besides ``file_name`` (a file or folder next to the catalogue), an entry may name a Hugging Face Hub dataset
+(``hf_hub_url``) or a ModelScope one (``ms_hub_url``, read through ``datasets`` as well, since ModelScope mirrors
+them there); ``subset``, ``split`` (default ``train``) and ``folder`` select inside it. ``om_hub_url`` and loading
+scripts are rejected with an error that names them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DEFAULT_TAGS: dict[str, str] = {
 KNOWN_COLUMNS = {"prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos",
                  "audios", "chosen", "rejected", "kto_tag"}
 HUB_FIELDS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+SUPPORTED_HUBS = ("hf_hub_url", "ms_hub_url")
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,13 @@ class DatasetSpec:
         formatting: ``alpaca`` (instruction/input/output columns) or ``sharegpt`` (a list of role-tagged messages).
         columns: the column names the entry sets explicitly; :meth:`column` adds the formatting's defaults.
         tags: sharegpt role and content keys, defaults filled in.
-        num_samples: how many rows to take (LLaMA-Factory samples with replacement past the file's length; here it
-            only truncates, and ``max_samples`` of the data module applies on top).
+        num_samples: how many rows to take: fewer than the file has takes a random subset (seeded), more repeats
+            the file and draws the rest at random (over-sampling), as LLaMA-Factory does.
         ranking: the entry is a preference (chosen/rejected) dataset.
+        hub_id: the Hub dataset id (``hf_hub_url`` / ``ms_hub_url``); ``path`` is unused then.
+        subset: the Hub dataset's configuration name.
+        split: the split to read.
+        folder: a folder inside the Hub dataset (``data_dir``).
     """
 
     name: str
@@ -67,6 +74,10 @@ class DatasetSpec:
     tags: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TAGS))
     num_samples: int | None = None
     ranking: bool = False
+    hub_id: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    folder: str | None = None
 
     def column(self, key: str) -> str | None:
         """The file's column for the standard field ``key`` (``prompt``, ``messages``, ...), or None if unused."""
@@ -113,7 +124,8 @@ def parse_entry(name: str, entry: Any, info_file: Path) -> DatasetSpec:
     where = f"{info_file}: entry {name!r}"
     if not isinstance(entry, dict):
         raise LitFactoryError(f"{where} must be an object. Fix: {{\"file_name\": \"...\"}}.")
-    if "file_name" not in entry:
+    hub_id = next((entry[key] for key in SUPPORTED_HUBS if key in entry), None)
+    if "file_name" not in entry and hub_id is None:
         hub = [key for key in HUB_FIELDS if key in entry]
         if hub:
             raise LitFactoryError(
@@ -121,6 +133,8 @@ def parse_entry(name: str, entry: Any, info_file: Path) -> DatasetSpec:
                 "Fix: download the files and set file_name."
             )
         raise LitFactoryError(f"{where} has no file_name. Fix: set file_name to a file next to {info_file.name}.")
+    if "file_name" in entry:
+        hub_id = None  # a local copy wins, as in LLaMA-Factory's load order
     formatting = entry.get("formatting", "alpaca")
     if formatting not in DEFAULT_COLUMNS:
         raise LitFactoryError(f"{where}: formatting {formatting!r} is unknown. Fix: use 'alpaca' or 'sharegpt'.")
@@ -139,11 +153,15 @@ def parse_entry(name: str, entry: Any, info_file: Path) -> DatasetSpec:
         raise LitFactoryError(f"{where}: num_samples must be a positive integer, got {num_samples!r}.")
     return DatasetSpec(
         name=name,
-        path=info_file.parent / entry["file_name"],
+        path=info_file.parent / entry.get("file_name", ""),
         info_file=info_file,
         formatting=formatting,
         columns=dict(columns),
         tags={**DEFAULT_TAGS, **tags},
         num_samples=num_samples,
         ranking=bool(entry.get("ranking", False)),
+        hub_id=hub_id,
+        subset=entry.get("subset"),
+        split=entry.get("split", "train"),
+        folder=entry.get("folder"),
     )

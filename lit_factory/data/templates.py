@@ -14,15 +14,24 @@ Only ``assistant_format`` (the reply and its end-of-turn token) is loss-bearing.
 assistant header, so the same string followed by nothing is the generation prompt. ``separator`` is what the
 reference template writes after an assistant's end-of-turn token (Qwen's ``\\n``): a model never has to produce it
 because generation stops at the end-of-turn token, so it carries no loss.
+
+Tool use: a ``function`` message (a tool call, JSON ``{"name", "arguments"}`` or a list of them) renders through
+``function_format`` with each call through ``tool_call_format``; an ``observation`` message (a tool result) through
+``observation_format`` (which, like ``user_format``, ends with the assistant header). Tool definitions are appended
+to the system prompt through ``tools_format``. Families whose system prompt lives inside the first user message
+(Llama 2, Gemma) set ``system_in_user``.
+
+``template: tokenizer`` uses the tokenizer's own jinja ``chat_template`` instead (see :class:`TokenizerTemplate`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from lit_factory.errors import LitFactoryError
 
@@ -31,6 +40,13 @@ log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 Message = dict[str, str]
+USER_SIDE = ("user", "observation")
+ASSISTANT_SIDE = ("assistant", "function")
+# LLaMA-Factory-like tool description for families that have no format of their own.
+DEFAULT_TOOLS_FORMAT = (
+    "\n\nYou have access to the following tools. To call one, reply with a JSON object "
+    '{"name": <tool name>, "arguments": <arguments object>}.\n{content}'
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,14 @@ class Template:
         default_system: the system prompt used when a conversation brings none.
         stop_words: strings that end a generated reply besides the tokenizer's eos.
         model_types: Hugging Face ``config.model_type`` values this template is the default for.
+        observation_format: a tool-result turn (defaults to ``user_format``).
+        function_format: a tool-call reply, loss-bearing (defaults to ``assistant_format``).
+        tool_call_format: one call inside ``function_format``; ``{content}`` is ``{"name": .., "arguments": ..}``.
+        tools_format: appended to the system prompt when a conversation has tools; ``{content}`` is one JSON tool
+            definition per line.
+        system_in_user: the system block goes at the start of the first user message, inside ``user_format``.
+        detect: strings that all appear in a tokenizer's chat template (or added tokens) when this is its family;
+            ``auto`` tries templates with more markers first.
     """
 
     name: str
@@ -59,15 +83,23 @@ class Template:
     default_system: str = ""
     stop_words: tuple[str, ...] = ()
     model_types: tuple[str, ...] = ()
+    observation_format: str | None = None
+    function_format: str | None = None
+    tool_call_format: str = "{content}"
+    tools_format: str = DEFAULT_TOOLS_FORMAT
+    system_in_user: bool = False
+    detect: tuple[str, ...] = ()
 
     def render_turns(
-        self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = ""
+        self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = "",
+        tools: str = "",
     ) -> list[tuple[str, str, str]]:
         """Render a finished conversation as one ``(prompt, response, separator)`` text triple per exchange.
 
-        ``messages`` alternate user/assistant and end with an assistant message; a leading ``system`` message is
-        used as the system prompt when ``system`` is not given. An empty system prompt falls back to
-        ``default_system`` (as LLaMA-Factory does). The first prompt also holds the prefix and the system block.
+        ``messages`` alternate user-side/assistant-side and end with an assistant-side message; a leading
+        ``system`` message is used as the system prompt when ``system`` is not given. An empty system prompt falls
+        back to ``default_system`` (as LLaMA-Factory does). The first prompt also holds the prefix and the system
+        block. ``tools`` is a JSON list of tool definitions ("" for none).
         """
         messages, system = _split_system(messages, system)
         if len(messages) % 2 != 0:
@@ -78,27 +110,27 @@ class Template:
         _check_alternation(messages, self.name)
         turns = []
         for index in range(0, len(messages), 2):
-            prompt = self._fill(self.user_format, messages[index]["content"], bos_token, eos_token)
-            if index == 0:
-                prompt = self._header(system, bos_token, eos_token) + prompt
-            response = self._fill(self.assistant_format, messages[index + 1]["content"], bos_token, eos_token)
+            prompt = self._user(messages[index], index == 0, system, tools, bos_token, eos_token)
+            response = self._assistant(messages[index + 1], bos_token, eos_token)
             separator = self._fill(self.separator, "", bos_token, eos_token)
             turns.append((prompt, response, separator))
         return turns
 
     def render(
-        self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = ""
+        self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = "",
+        tools: str = "",
     ) -> list[tuple[str, bool]]:
         """Render a finished conversation as ``(text, is_loss_bearing)`` segments; only responses are loss-bearing."""
         segments = []
-        for prompt, response, separator in self.render_turns(messages, system, bos_token, eos_token):
+        for prompt, response, separator in self.render_turns(messages, system, bos_token, eos_token, tools):
             segments += [(prompt, False), (response, True)]
             if separator:
                 segments.append((separator, False))
         return segments
 
     def render_prompt(
-        self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = ""
+        self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = "",
+        tools: str = "",
     ) -> str:
         """Render a conversation that ends with a user message, up to the generation prompt (assistant header)."""
         messages, system = _split_system(messages, system)
@@ -109,19 +141,62 @@ class Template:
             )
         _check_alternation(messages, self.name)
         history = "".join(
-            "".join(turn) for turn in self.render_turns(messages[:-1], system, bos_token, eos_token)
+            "".join(turn) for turn in self.render_turns(messages[:-1], system, bos_token, eos_token, tools)
         )
-        last_user = self._fill(self.user_format, messages[-1]["content"], bos_token, eos_token)
-        if not history:
-            last_user = self._header(system, bos_token, eos_token) + last_user
-        return history + last_user
+        return history + self._user(messages[-1], not history, system, tools, bos_token, eos_token)
 
-    def _header(self, system: str | None, bos_token: str, eos_token: str) -> str:
-        system = system or self.default_system
+    def _user(self, message: Message, first: bool, system: str | None, tools: str, bos_token: str,
+              eos_token: str) -> str:
+        """A user-side turn; the ``first`` also carries the prefix and the system block."""
+        fmt = self.user_format
+        if message["role"] == "observation" and self.observation_format is not None:
+            fmt = self.observation_format
+        content = message["content"]
+        if not first:
+            return self._fill(fmt, content, bos_token, eos_token)
         header = self._fill(self.prefix, "", bos_token, eos_token)
-        if system:
-            header += self._fill(self.system_format, system, bos_token, eos_token)
-        return header
+        system = (system or self.default_system) + self._tools(tools)
+        block = self._fill(self.system_format, system, bos_token, eos_token) if system else ""
+        if self.system_in_user:
+            return header + self._fill(fmt, block + content, bos_token, eos_token)
+        return header + block + self._fill(fmt, content, bos_token, eos_token)
+
+    def _assistant(self, message: Message, bos_token: str, eos_token: str) -> str:
+        if message["role"] != "function":
+            return self._fill(self.assistant_format, message["content"], bos_token, eos_token)
+        fmt = self.function_format if self.function_format is not None else self.assistant_format
+        return self._fill(fmt, self._tool_calls(message["content"]), bos_token, eos_token)
+
+    def _tool_calls(self, content: str) -> str:
+        """A function message's JSON as this family writes calls; content that is not JSON is kept as written."""
+        try:
+            calls = json.loads(content)
+        except json.JSONDecodeError:
+            return content
+        calls = calls if isinstance(calls, list) else [calls]
+        if not all(isinstance(call, dict) and "name" in call for call in calls):
+            return content
+        # The key order and spacing of transformers' `tojson` (Qwen and friends write calls this way).
+        texts = [
+            json.dumps({"name": call["name"], "arguments": call.get("arguments", {})}, ensure_ascii=False)
+            for call in calls
+        ]
+        return "\n".join(self._fill(self.tool_call_format, text, "", "") for text in texts)
+
+    def _tools(self, tools: str) -> str:
+        if not tools:
+            return ""
+        try:
+            definitions = json.loads(tools)
+        except json.JSONDecodeError:
+            definitions = None
+        if isinstance(definitions, list):
+            if not definitions:
+                return ""
+            text = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in definitions)
+        else:
+            text = tools
+        return self._fill(self.tools_format, text, "", "")
 
     @staticmethod
     def _fill(fmt: str, content: str, bos_token: str, eos_token: str) -> str:
@@ -129,6 +204,90 @@ class Template:
         # contain "{eos}" must stay as written.
         pieces = [p.replace("{bos}", bos_token).replace("{eos}", eos_token) for p in fmt.split("{content}")]
         return content.join(pieces)
+
+
+@dataclass(frozen=True)
+class TokenizerTemplate:
+    """The tokenizer's own jinja ``chat_template`` (``template: tokenizer``), cut into the same (prompt, response,
+    separator) pieces as a :class:`Template`.
+
+    The pieces come from rendering growing prefixes of the conversation: the prompt of exchange k is what the
+    generation prompt after message 2k adds, the response what message 2k+1 adds, minus trailing whitespace after
+    the end-of-turn (the separator, no loss). This needs a template that renders a conversation as the
+    concatenation of its prefixes, as chat templates do; one that does not is refused with an error.
+
+    Args:
+        chat_template: the jinja source.
+        stop_words: the tokenizer's eos token (ends generation).
+    """
+
+    chat_template: str
+    stop_words: tuple[str, ...] = ()
+    name: str = "tokenizer"
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool, bos: str, eos: str, tools: Any) -> str:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, _ = render_jinja_template(
+            conversations=[messages], tools=tools, chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos,
+        )
+        return rendered[0]
+
+    def _openai(self, messages: list[Message], system: str | None) -> list[dict]:
+        messages, system = _split_system(messages, system)
+        converted: list[dict] = [{"role": "system", "content": system}] if system else []
+        for message in messages:
+            if message["role"] == "function":
+                calls = json.loads(message["content"])
+                calls = calls if isinstance(calls, list) else [calls]
+                tool_calls = [{"type": "function", "function": call} for call in calls]
+                converted.append({"role": "assistant", "content": "", "tool_calls": tool_calls})
+            elif message["role"] == "observation":
+                converted.append({"role": "tool", "content": message["content"]})
+            else:
+                converted.append(dict(message))
+        return converted
+
+    def render_turns(
+        self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = "",
+        tools: str = "",
+    ) -> list[tuple[str, str, str]]:
+        """See :meth:`Template.render_turns`."""
+        converted = self._openai(messages, system)
+        offset = 1 if converted and converted[0]["role"] == "system" else 0
+        tool_list = json.loads(tools) if tools else None
+        turns, done = [], ""
+        for end in range(offset + 1, len(converted) + 1, 2):
+            with_prompt = self._render(converted[:end], True, bos_token, eos_token, tool_list)
+            full = self._render(converted[: end + 1], False, bos_token, eos_token, tool_list)
+            if not with_prompt.startswith(done) or not full.startswith(with_prompt):
+                raise LitFactoryError(
+                    "template 'tokenizer': the tokenizer's chat_template does not render a conversation as the "
+                    "concatenation of its turns, so the loss mask cannot be cut from it. Fix: use a named template."
+                )
+            reply = full[len(with_prompt):]
+            stripped = reply.rstrip()
+            turns.append((with_prompt[len(done):], stripped, reply[len(stripped):]))
+            done = full
+        return turns
+
+    def render(self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = "",
+               tools: str = "") -> list[tuple[str, bool]]:
+        """See :meth:`Template.render`."""
+        segments = []
+        for prompt, response, separator in self.render_turns(messages, system, bos_token, eos_token, tools):
+            segments += [(prompt, False), (response, True)] + ([(separator, False)] if separator else [])
+        return segments
+
+    def render_prompt(self, messages: list[Message], system: str | None = None, bos_token: str = "",
+                      eos_token: str = "", tools: str = "") -> str:
+        """See :meth:`Template.render_prompt`."""
+        return self._render(self._openai(messages, system), True, bos_token, eos_token,
+                            json.loads(tools) if tools else None)
+
+
+AnyTemplate = Union[Template, TokenizerTemplate]
 
 
 def _split_system(messages: list[Message], system: str | None) -> tuple[list[Message], str | None]:
@@ -139,11 +298,11 @@ def _split_system(messages: list[Message], system: str | None) -> tuple[list[Mes
 
 def _check_alternation(messages: list[Message], template_name: str) -> None:
     for index, message in enumerate(messages):
-        expected = "user" if index % 2 == 0 else "assistant"
-        if message.get("role") != expected:
+        expected = USER_SIDE if index % 2 == 0 else ASSISTANT_SIDE
+        if message.get("role") not in expected:
             raise LitFactoryError(
                 f"template {template_name!r}: message {index} has role {message.get('role')!r}, expected "
-                f"{expected!r}. Fix: messages must alternate user/assistant, starting with user."
+                f"{expected[0]!r}. Fix: messages must alternate user/assistant, starting with user."
             )
 
 
@@ -152,11 +311,20 @@ def available_templates() -> list[str]:
     return sorted(path.stem for path in TEMPLATES_DIR.glob("*.yaml"))
 
 
-def get_template(name: str, tokenizer: Any = None) -> Template:
+def get_template(name: str, tokenizer: Any = None) -> AnyTemplate:
     """The template called ``name`` (a file in ``templates/``, or a path to a YAML file of the same schema).
 
-    ``"auto"`` picks one from the tokenizer's chat template and special tokens (see :func:`detect_template_name`).
+    ``"auto"`` picks one from the tokenizer (see :func:`detect_template_name`); ``"tokenizer"`` uses the
+    tokenizer's own jinja chat template.
     """
+    if name == "tokenizer":
+        chat_template = getattr(tokenizer, "chat_template", None)
+        if not isinstance(chat_template, str) or not chat_template:
+            raise LitFactoryError(
+                "data.template='tokenizer': the tokenizer has no chat_template. Fix: name a template, e.g. 'auto'."
+            )
+        eos = getattr(tokenizer, "eos_token", None)
+        return TokenizerTemplate(chat_template, stop_words=(eos,) if eos else ())
     if name == "auto":
         if tokenizer is None:
             raise LitFactoryError("template: 'auto' needs a tokenizer to look at. Fix: set data.template to a name.")
@@ -167,15 +335,27 @@ def get_template(name: str, tokenizer: Any = None) -> Template:
         path = TEMPLATES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise LitFactoryError(
-            f"template: no template {name!r} (looked for {path}). Fix: use one of {available_templates()} "
-            "or a path to a template YAML file."
+            f"template: no template {name!r} (looked for {path}). Fix: use one of {available_templates()}, "
+            "'tokenizer', 'auto' or a path to a template YAML file."
         )
     return _load_template(str(path.resolve()))
 
 
+def _tokenizer_model_type(tokenizer: Any) -> str | None:
+    """``model_type`` of the config.json next to the tokenizer's files, when there is one."""
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
 def detect_template_name(tokenizer: Any) -> str:
-    """Guess the template from a tokenizer: ChatML markers mean ``qwen`` (when the chat template carries Qwen's
-    default system prompt) or ``chatml``; Llama-3 header tokens mean ``llama3``; anything else ``default``."""
+    """Guess the template from a tokenizer: the family whose ``detect`` markers all appear in its chat template or
+    added tokens (most markers first), else the family listing the model's ``model_type``, else ``default``."""
     chat_template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(chat_template, dict):  # some tokenizers keep several named templates
         chat_template = "\n".join(str(value) for value in chat_template.values())
@@ -183,10 +363,15 @@ def detect_template_name(tokenizer: Any) -> str:
     if hasattr(tokenizer, "get_added_vocab"):
         added_tokens = " ".join(tokenizer.get_added_vocab())
     haystack = f"{chat_template}\n{added_tokens}"
-    if "<|im_start|>" in haystack:
-        return "qwen" if "You are Qwen" in chat_template else "chatml"
-    if "<|start_header_id|>" in haystack:
-        return "llama3"
+    templates = [get_template(name) for name in available_templates()]
+    candidates = sorted((t for t in templates if t.detect), key=lambda t: (-len(t.detect), t.name))
+    for template in candidates:
+        if all(marker in haystack for marker in template.detect):
+            return template.name
+    model_type = _tokenizer_model_type(tokenizer)
+    for template in templates:
+        if model_type and model_type in template.model_types:
+            return template.name
     return "default"
 
 
@@ -206,10 +391,11 @@ def _load_template(path: str) -> Template:
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
         raise LitFactoryError(f"{path}: unknown field(s) {unknown}. Fix: use only {sorted(_FIELDS - {'name'})}.")
-    for key in ("user_format", "assistant_format", "system_format"):
-        if key in raw and "{content}" not in str(raw[key]):
+    for key in ("user_format", "assistant_format", "system_format", "observation_format", "function_format",
+                "tool_call_format", "tools_format"):
+        if raw.get(key) is not None and "{content}" not in str(raw[key]):
             raise LitFactoryError(f"{path}: field {key!r} has no {{content}} placeholder. Fix: add it.")
     raw.setdefault("name", Path(path).stem)
-    for key in ("stop_words", "model_types"):
+    for key in ("stop_words", "model_types", "detect"):
         raw[key] = tuple(raw.get(key) or ())
     return Template(**raw)

@@ -1,19 +1,25 @@
-"""Standard rows -> token ids and labels: the loss mask of supervised fine-tuning and the blocks of pretraining.
+"""Standard rows -> token ids and labels, for each data objective.
 
-Supervised: the template renders each exchange as (prompt, response, separator) text; each piece is tokenised on
-its own (``add_special_tokens=False``) and the ids are concatenated, so the loss positions are exactly the response
-pieces, with no guessing at token boundaries. (This matches tokenising the whole string whenever a piece boundary
-is also a pre-tokenizer boundary, as it is after special tokens such as ``<|im_end|>``; the tests check it against
-``apply_chat_template`` on LLaMA-Factory's demo sets. A reply that starts with whitespace right after a header that
-ends with whitespace could tokenise differently; LLaMA-Factory tokenises piece by piece the same way.)
+Supervised: the template renders each exchange as (prompt, response, separator) text. The whole conversation is
+tokenised in one call, as ``apply_chat_template`` does, and each token is assigned to the piece its first character
+falls in (the fast tokenizer's offsets), so the ids equal the reference tokenisation and the loss positions are
+exactly the response pieces. (Tokenising each piece on its own would add a word-start marker at every piece with
+SentencePiece tokenizers such as Mistral's.) Slow tokenizers without offsets fall back to piece-by-piece
+tokenisation.
 
 Truncation to ``cutoff_len`` (LLaMA-Factory's rule, so that datasets cut the same way in both): exchanges are kept
 whole, in order, while they fit. The first exchange that does not fit shares what is left of the budget: if its
 response is under half the budget the response stays whole and the prompt is cut; if the prompt is under half,
 the prompt stays whole and the response is cut; otherwise both are cut in proportion to their lengths. Each keeps
-its beginning. Later exchanges are dropped, and so is an exchange that would keep no response token (where
-LLaMA-Factory would still append a piece of its prompt, which carries no loss). An example that ends with no loss
-token at all is dropped from the dataset (counted in a warning).
+its beginning. Later exchanges are dropped, and so is an exchange that would keep no response token. An example
+that ends with no loss token at all is dropped from the dataset (counted in a warning). ``mask_history`` keeps the
+loss on the last reply only.
+
+Pairwise (ranking rows): the prompt (every message, up to the generation prompt) and each of the two replies are
+stored apart: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``; the same rule cuts prompt and the longer reply, and
+both replies to the same length budget (as LLaMA-Factory). KTO: ``prompt_ids``, ``completion_ids`` (the last reply)
+and ``kto_tag``. Prompt: ``prompt_ids`` and the reference reply as text (``response``, "" when none). The collators
+put these together.
 
 Pretrain: every document is tokenised, followed by the eos token, the documents are concatenated and the stream is
 cut into blocks of exactly ``cutoff_len`` tokens; the remainder of each map batch (1,000 documents) is dropped.
@@ -22,10 +28,10 @@ cut into blocks of exactly ``cutoff_len`` tokens; the remainder of each map batc
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from bisect import bisect_right
+from typing import TYPE_CHECKING, Any, Callable
 
-from lit_factory.data.caching import map_fingerprint
-from lit_factory.data.templates import Message, Template
+from lit_factory.data.templates import AnyTemplate, Message
 from lit_factory.errors import LitFactoryError
 
 if TYPE_CHECKING:
@@ -34,6 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy (and Hugging Face models) skip
+MEDIA = ("images", "videos", "audios")
+# The token columns each objective's encoder writes (see the module doc).
+OBJECTIVE_COLUMNS = {
+    "supervised": ["input_ids", "labels"],
+    "pairwise": ["prompt_ids", "chosen_ids", "rejected_ids"],
+    "kto": ["prompt_ids", "completion_ids", "kto_tag"],
+    "prompt": ["prompt_ids", "response"],
+}
 
 
 def special_tokens(tokenizer: Any) -> tuple[str, str]:
@@ -55,13 +69,31 @@ def fit_turn(source_len: int, target_len: int, budget: int) -> tuple[int, int]:
     return min(budget - kept_target, source_len), kept_target
 
 
+def tokenize_pieces(pieces: list[str], tokenizer: Any) -> list[list[int]]:
+    """Token ids of each piece of a text cut into ``pieces``, from one tokenisation of the whole text."""
+    if not getattr(tokenizer, "is_fast", False):
+        return tokenizer(pieces, add_special_tokens=False)["input_ids"]
+    starts, position = [], 0
+    for piece in pieces:
+        starts.append(position)
+        position += len(piece)
+    encoded = tokenizer("".join(pieces), add_special_tokens=False, return_offsets_mapping=True)
+    out: list[list[int]] = [[] for _ in pieces]
+    for token, (begin, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        # bisect_right - 1 finds the last piece starting at or before `begin`; empty pieces are skipped over.
+        out[bisect_right(starts, begin) - 1].append(token)
+    return out
+
+
 def encode_supervised(
     messages: list[Message],
     tokenizer: Any,
-    template: Template,
+    template: AnyTemplate,
     cutoff_len: int,
     train_on_prompt: bool = False,
     system: str | None = None,
+    tools: str = "",
+    mask_history: bool = False,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels of one conversation; labels are ``-100`` except on the assistant replies.
 
@@ -73,11 +105,12 @@ def encode_supervised(
         cutoff_len: the most tokens to keep (see the module doc for what is cut).
         train_on_prompt: put the loss on every token, prompts included.
         system: the system prompt; empty or None means the template's default.
+        tools: tool definitions (JSON list) shown to the model, "" for none.
+        mask_history: loss on the last reply only (earlier replies are context).
     """
     bos_token, eos_token = special_tokens(tokenizer)
-    turns = template.render_turns(messages, system, bos_token, eos_token)
-    pieces = [piece for turn in turns for piece in turn]
-    encoded = tokenizer(pieces, add_special_tokens=False)["input_ids"]
+    turns = template.render_turns(messages, system, bos_token, eos_token, tools)
+    encoded = tokenize_pieces([piece for turn in turns for piece in turn], tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
     for index in range(len(turns)):
@@ -89,11 +122,46 @@ def encode_supervised(
         source_len, target_len = fit_turn(len(prompt_ids), len(target_ids), budget)
         if target_len == 0:
             break
-        target_labels = target_ids if train_on_prompt else response_ids + [IGNORE_INDEX] * len(separator_ids)
+        if train_on_prompt:
+            target_labels = target_ids
+        elif mask_history and index < len(turns) - 1:
+            target_labels = [IGNORE_INDEX] * len(target_ids)
+        else:
+            target_labels = response_ids + [IGNORE_INDEX] * len(separator_ids)
         prompt_labels = prompt_ids if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
         input_ids += prompt_ids[:source_len] + target_ids[:target_len]
         labels += prompt_labels[:source_len] + target_labels[:target_len]
     return input_ids, labels
+
+
+def encode_prompt_and_replies(
+    messages: list[Message], replies: list[str | Message], tokenizer: Any, template: AnyTemplate, cutoff_len: int,
+    system: str | None = None, tools: str = "",
+) -> tuple[list[int], list[list[int]]]:
+    """The generation prompt of ``messages`` (ending with a user-side message) and each reply to it, as ids; the
+    prompt and the longest reply share ``cutoff_len`` by the truncation rule, every reply cut to the same length."""
+    bos_token, eos_token = special_tokens(tokenizer)
+    reply_ids = []
+    prompt_ids: list[int] = []
+    for reply in replies:
+        full = messages + [reply if isinstance(reply, dict) else {"role": "assistant", "content": reply}]
+        turns = template.render_turns(full, system, bos_token, eos_token, tools)
+        history = "".join("".join(turn) for turn in turns[:-1]) + turns[-1][0]
+        prompt_ids, ids, _ = tokenize_pieces([history, turns[-1][1], turns[-1][2]], tokenizer)
+        reply_ids.append(ids)
+    source_len, target_len = fit_turn(len(prompt_ids), max(len(ids) for ids in reply_ids), cutoff_len)
+    # Keep the end of the prompt (the latest turn and the assistant header) when it must be cut.
+    prompt_ids = prompt_ids[len(prompt_ids) - source_len :]
+    return prompt_ids, [ids[:target_len] for ids in reply_ids]
+
+
+def encode_prompt(messages: list[Message], tokenizer: Any, template: AnyTemplate, cutoff_len: int,
+                  system: str | None = None, tools: str = "") -> list[int]:
+    """The generation prompt's ids (its last ``cutoff_len``)."""
+    bos_token, eos_token = special_tokens(tokenizer)
+    text = template.render_prompt(messages, system, bos_token, eos_token, tools)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-cutoff_len:]
 
 
 def pack_pretrain_blocks(texts: list[str], tokenizer: Any, cutoff_len: int) -> list[list[int]]:
@@ -110,43 +178,45 @@ def pack_pretrain_blocks(texts: list[str], tokenizer: Any, cutoff_len: int) -> l
     return [stream[start : start + cutoff_len] for start in range(0, usable, cutoff_len)]
 
 
-def tokenize_supervised_dataset(
-    dataset: "Dataset", tokenizer: Any, template: Template, cutoff_len: int, train_on_prompt: bool, name: str
-) -> "Dataset":
-    """Standard rows -> ``input_ids`` and ``labels`` columns; rows left with no loss token are dropped."""
+def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: int, train_on_prompt: bool = False,
+            mask_history: bool = False) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The batched map function from standard rows to the ``objective``'s token columns (see the module doc).
+    Rows that keep no loss token are left out; media columns travel along."""
 
     def encode_batch(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "labels": []}
-        for messages, system in zip(batch["messages"], batch["system"]):
-            input_ids, labels = encode_supervised(messages, tokenizer, template, cutoff_len, train_on_prompt, system)
-            if any(label != IGNORE_INDEX for label in labels):
-                out["input_ids"].append(input_ids)
-                out["labels"].append(labels)
+        # Every column present even when no row survives: `datasets` needs the same columns from every batch.
+        out: dict[str, list] = {key: [] for key in OBJECTIVE_COLUMNS[objective] + [k for k in MEDIA if k in batch]}
+
+        def emit(**columns: Any) -> None:
+            for key, value in columns.items():
+                out.setdefault(key, []).append(value)
+
+        rows = len(batch["messages"])
+        for i in range(rows):
+            messages, system, tools = batch["messages"][i], batch["system"][i], batch["tools"][i]
+            media = {key: batch[key][i] for key in MEDIA if key in batch}
+            if objective == "supervised":
+                ids, labels = encode_supervised(messages, tokenizer, template, cutoff_len, train_on_prompt, system,
+                                                tools, mask_history)
+                if any(label != IGNORE_INDEX for label in labels):
+                    emit(input_ids=ids, labels=labels, **media)
+            elif objective == "pairwise":
+                prompt, (chosen, rejected) = encode_prompt_and_replies(
+                    messages, [batch["chosen"][i], batch["rejected"][i]], tokenizer, template, cutoff_len, system,
+                    tools)
+                if chosen and rejected:
+                    emit(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, **media)
+            elif objective == "kto":
+                prompt, (completion,) = encode_prompt_and_replies(
+                    messages[:-1], [messages[-1]], tokenizer, template, cutoff_len, system, tools)
+                if completion:
+                    emit(prompt_ids=prompt, completion_ids=completion, kto_tag=batch["kto_tag"][i], **media)
+            elif objective == "prompt":
+                has_reply = len(messages) % 2 == 0
+                context = messages[:-1] if has_reply else messages
+                emit(prompt_ids=encode_prompt(context, tokenizer, template, cutoff_len, system, tools),
+                     response=messages[-1]["content"] if has_reply else batch.get("chosen", [""] * rows)[i],
+                     **media)
         return out
 
-    settings = ("supervised", template, cutoff_len, train_on_prompt)
-    tokenized = dataset.map(
-        encode_batch, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing {name}",
-        new_fingerprint=map_fingerprint(dataset, *settings, tokenizer=tokenizer),
-    )
-    if len(tokenized) < len(dataset):
-        log.warning(
-            "skipped %d of %d rows of %s: no response token fits in cutoff_len=%d",
-            len(dataset) - len(tokenized), len(dataset), name, cutoff_len,
-        )
-    return tokenized
-
-
-def tokenize_pretrain_dataset(dataset: "Dataset", tokenizer: Any, cutoff_len: int, name: str) -> "Dataset":
-    """A ``text`` column -> ``input_ids`` blocks of exactly ``cutoff_len`` tokens.
-
-    No ``labels`` column: every token is a target, so the collator copies ``input_ids`` (half the disk cache).
-    """
-
-    def pack_batch(batch: dict[str, list]) -> dict[str, list]:
-        return {"input_ids": pack_pretrain_blocks(batch["text"], tokenizer, cutoff_len)}
-
-    return dataset.map(
-        pack_batch, batched=True, batch_size=1000, remove_columns=dataset.column_names, desc=f"Packing {name}",
-        new_fingerprint=map_fingerprint(dataset, "pretrain", cutoff_len, tokenizer=tokenizer),
-    )
+    return encode_batch

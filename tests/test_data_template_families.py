@@ -1,0 +1,95 @@
+"""Every template family with a reference jinja in ../shared/chat-templates renders exactly like it, and its loss
+mask covers exactly the assistant replies (found from the reference alone, by rendering growing prefixes).
+
+Known reference differences, each handled in REFERENCES below and explained in the family's YAML:
+* the references `trim` messages: our test messages have no surrounding whitespace (we keep messages as written).
+* amberchat, chatqa, falcon, solar: the reference ends a reply with no end-of-turn token; we write eos so the model
+  learns to stop, so these compare with eos_token="".
+* gemma: the reference omits the bos token the official template writes (compared with bos_token="").
+* falcon: the reference turns "\\n\\n" inside messages into "\\n"; the messages are given without "\\n\\n".
+* mistral, gemma, phi (phi-3-mini), saiga, vicuna, granite: the reference accepts a system message where the
+  official template refuses it or adds a default one; we follow the reference (no default system prompt).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_factory.data.templates import available_templates, get_template
+
+TWO_TURNS = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "2 + 2 = 4."},
+    {"role": "user", "content": "And times 3?\nShow the steps."},
+    {"role": "assistant", "content": "(2 + 2) × 3 = 12.\n\nFirst add, then multiply."},
+]
+SYSTEM = {"role": "system", "content": "You are a careful math tutor."}
+CASES = {
+    "single_turn": TWO_TURNS[:2],
+    "multi_turn": TWO_TURNS,
+    "single_turn_system": [SYSTEM, *TWO_TURNS[:2]],
+    "multi_turn_system": [SYSTEM, *TWO_TURNS],
+}
+# family -> (reference jinja, special tokens for both renderings)
+REFERENCES = {
+    "qwen": ("qwen2.5-instruct", {}),
+    "chatml": ("chatml", {"bos_token": "<s>", "eos_token": "<|im_end|>"}),
+    "llama3": ("llama-3-instruct", {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}),
+    "llama2": ("llama-2-chat", {"bos_token": "<s>", "eos_token": "</s>"}),
+    "mistral": ("mistral-instruct", {"bos_token": "<s>", "eos_token": "</s>"}),
+    "gemma": ("gemma-it", {"bos_token": "", "eos_token": "<eos>"}),
+    "phi": ("phi-3", {"bos_token": "<s>", "eos_token": "<|endoftext|>"}),
+    "phi_small": ("phi-3-small", {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
+    "zephyr": ("zephyr", {"bos_token": "<s>", "eos_token": "</s>"}),
+    "vicuna": ("vicuna", {"bos_token": "<s>", "eos_token": "</s>"}),
+    "alpaca": ("alpaca", {"bos_token": "<s>", "eos_token": "</s>"}),
+    "amberchat": ("amberchat", {"bos_token": "<s>", "eos_token": ""}),
+    "chatqa": ("chatqa", {"bos_token": "<|begin_of_text|>", "eos_token": ""}),
+    "falcon": ("falcon-instruct", {"bos_token": "", "eos_token": ""}),
+    "openchat": ("openchat-3.5", {"bos_token": "<s>", "eos_token": "</s>"}),
+    "solar": ("solar-instruct", {"bos_token": "<s>", "eos_token": ""}),
+    "granite": ("granite-3.0-instruct", {"bos_token": "", "eos_token": "<|end_of_text|>"}),
+    "saiga": ("saiga", {"bos_token": "<s>", "eos_token": "</s>"}),
+}
+
+
+def messages_for(family: str, case: str) -> list[dict[str, str]]:
+    messages = [dict(m) for m in CASES[case]]
+    if family == "falcon":
+        for message in messages:
+            message["content"] = message["content"].replace("\n\n", "\n")
+    return messages
+
+
+def test_at_least_30_families_and_all_load():
+    names = available_templates()
+    assert len(names) >= 31 and {"default", "empty", "qwen", "llama2", "llama3", "mistral", "gemma", "glm4"} <= set(names)
+    for name in names:
+        template = get_template(name)
+        assert "{content}" not in template.render_prompt([{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("family", REFERENCES)
+def test_rendering_and_loss_mask_match_reference_jinja(family, case, render_reference_template):
+    reference, tokens = REFERENCES[family]
+    messages = messages_for(family, case)
+    template = get_template(family)
+    segments = template.render(messages, **tokens)
+    assert "".join(text for text, _ in segments) == render_reference_template(reference, messages, **tokens)
+    assert template.render_prompt(messages[:-1], **tokens) == render_reference_template(
+        reference, messages[:-1], add_generation_prompt=True, **tokens)
+
+    # The reply text of each assistant message, from the reference alone: what rendering it adds after the
+    # generation prompt. Our loss-bearing segments are exactly these, minus whitespace that follows the reply.
+    replies = []
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            before = render_reference_template(reference, messages[:index], add_generation_prompt=True, **tokens)
+            after = render_reference_template(reference, messages[: index + 1], **tokens)
+            assert after.startswith(before)
+            replies.append(after[len(before):])
+    loss_segments = [text for text, is_loss in segments if is_loss]
+    assert len(loss_segments) == len(replies)
+    for ours, reply in zip(loss_segments, replies):
+        assert reply.startswith(ours) and not reply[len(ours):].strip(), (ours, reply)
