@@ -102,7 +102,7 @@ def build_app(workdir: str | Path = ".", default_recipe: str = "quickstart.yaml"
     with gr.Blocks(title="lit-factory board", analytics_enabled=False) as app:
         with gr.Row():
             ui("title", gr.Markdown(f"## {ui.word('title')}"), "value")
-            lang = ui("language", gr.Dropdown(
+            lang = ui("language", gr.Dropdown(label=ui.word("language"), 
                 choices=[(name, code) for code, name in LANGUAGES.items()], value="en", scale=0, min_width=160,
                 elem_id="language",
             ))

@@ -196,11 +196,14 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
 
     @guarded(outputs=3, status_at=0)
     def monitor(run_name: str, lang_code: str) -> tuple:
-        if not run_name or run_name not in manager.runs:
-            return "", "", pd.DataFrame({"step": [], "loss": [], "series": []})
+        points = loss_curve(manager.get(run_name).log_dir) if run_name in manager.runs else []
+        # Typed columns even when empty: the plot picks its axis kinds (number vs category) from them.
+        frame = pd.DataFrame({"step": pd.Series([p[0] for p in points], dtype="int64"),
+                              "loss": pd.Series([p[1] for p in points], dtype="float64"),
+                              "series": pd.Series([p[2] for p in points], dtype="object")})
+        if run_name not in manager.runs:
+            return "", "", frame
         run = manager.get(run_name)
-        points = loss_curve(run.log_dir)
-        frame = pd.DataFrame(points, columns=["step", "loss", "series"])
         return progress_html(progress_summary(run), lang_code), log_tail(run), frame
 
     base.change(load_recipe, [base, lang], [*form, lora_row, freeze_row, status], api_name="load_recipe")

@@ -1,0 +1,168 @@
+"""The board through its API: ``gradio_client`` against a live ``lit-factory board`` on 127.0.0.1.
+
+A recipe assembled in the page is saved unchanged and run by ``lit-factory fit``; a short run launched from the page
+finishes with a loss curve; Stop ends a run with a checkpoint that Resume continues from; bad input is a message in
+the page and the server keeps serving. Runs use the quickstart model (a few steps).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+pytest.importorskip("gradio_client", reason="the board's API tests need gradio_client (the 'test' extra)")
+pytest.importorskip("gradio", reason="the board needs the optional 'board' extra (gradio)")
+
+from gradio_client import Client  # noqa: E402
+
+from lit_factory.board.recipe import FORM_FIELDS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_board(log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``lit-factory board`` in the repository and wait until it answers."""
+    port = free_port()
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "-m", "lit_factory", "board", "--port", str(port), "--workdir",
+                                str(REPO)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"board exited: {log_path.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("board did not start in 120 s")
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory) -> Any:
+    folder = tmp_path_factory.mktemp("board")
+    process, url = start_board(folder / "server.log")
+    client = Client(url, verbose=False)
+    client.board_runs = folder / "runs"  # type: ignore[attr-defined]
+    yield client
+    process.terminate()
+    process.wait(60)
+
+
+def form(client: Client, recipe: str = "quickstart.yaml", **changes: Any) -> list[Any]:
+    """The Train tab's values after choosing ``recipe``, with ``changes`` typed in."""
+    values = client.predict(recipe, "en", api_name="/load_recipe")
+    fields = dict(zip(FORM_FIELDS, values))
+    fields["datasets"] = fields["datasets"]["value"]  # a dropdown update: its choices and chosen values
+    fields.update(output_dir=str(client.board_runs), val_size="0", log_every_n_steps=1)
+    fields.update(changes)
+    return [fields[name] for name in FORM_FIELDS]
+
+
+def run_value(update: Any) -> str:
+    return update["value"] if isinstance(update, dict) else update
+
+
+def progress(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "progress.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_ui_recipe_is_run_unchanged_by_fit_and_the_run_finishes_with_a_loss_curve(board):
+    values = form(board, max_steps="5", run_name="short")
+    shown, status = board.predict("quickstart.yaml", *values, "en", api_name="/show_recipe")
+    assert "The recipe is valid" in status
+    recipe_view, status, runs, next_name = board.predict("quickstart.yaml", *values, "en", api_name="/start")
+    assert status.startswith("Started run") and recipe_view == shown and next_name != "short"
+    run_dir = board.board_runs / "short"
+    assert (run_dir / "recipe.yaml").read_text().rstrip("\n") == shown  # saved as the page showed it (the page
+    # drops the final newline)
+    name = run_value(runs)
+    wait_for(lambda: "finished" in board.predict(name, "en", api_name="/monitor")[0], 300, "the run to finish")
+    log = (run_dir / "board.log").read_text()
+    assert log.startswith(f"$ lit-factory fit --config {run_dir / 'recipe.yaml'}\n")
+    assert "max_steps=5` reached" in log  # `lit-factory fit` accepted the recipe and trained it to the end
+    bar, tail, curve = board.predict(name, "en", api_name="/monitor")
+    assert "step 5 / 5" in bar and "100%" in bar
+    points = [row for row in curve["data"] if row[2] == "train/loss"]
+    assert [row[0] for row in points] == [0, 1, 2, 3, 4]  # log_every_n_steps=1: one point per step
+    assert all(value > 0 for _, value, _ in points)
+    # the plot's axes are numbers even before a run is picked (the page keeps the first axis kinds it saw)
+    empty = board.predict(None, "en", api_name="/monitor")[2]
+    assert empty["datatypes"] == {"step": "quantitative", "loss": "quantitative", "series": "nominal"}
+    assert (run_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(board):
+    values = form(board, max_steps="200", run_name="stoppable")
+    _, status, runs, _ = board.predict("quickstart.yaml", *values, "en", api_name="/start")
+    name, run_dir = run_value(runs), board.board_runs / "stoppable"
+    wait_for(lambda: progress(run_dir).get("step", 0) >= 2, 300, "two training steps")
+    refused = board.predict("quickstart.yaml", *form(board, max_steps="5", run_name="second"), "en",
+                            api_name="/start")[1]
+    assert "still training; one run at a time" in refused
+    assert "Stopping run" in board.predict(name, "en", api_name="/stop")
+    wait_for(lambda: "stopped" in board.predict(name, "en", api_name="/monitor")[0], 120, "the run to stop")
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    import torch
+
+    stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= stopped_at < 200
+    assert "Detected KeyboardInterrupt, attempting graceful shutdown" in (run_dir / "board.log").read_text()
+
+    status, _ = board.predict(name, "en", api_name="/resume")
+    assert status.startswith("Resumed run")
+    resumed = wait_for(lambda: progress(run_dir) if progress(run_dir).get("step", 0) > stopped_at else None, 300,
+                       "the resumed run to train")
+    assert resumed["start_step"] == stopped_at  # continued from the checkpoint, not from step 0
+    assert "--ckpt_path last" in (run_dir / "board.log").read_text()
+    board.predict(name, "en", api_name="/stop")
+    wait_for(lambda: "stopped" in board.predict(name, "en", api_name="/monitor")[0], 120, "the resumed run to stop")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, changes, message", [
+    ("sft/lora.yaml", {"model_path": "", "dataset_dir": "lit_factory/assets/demo", "datasets": ["sparrow_sft"]},
+     "model path: empty"),
+    ("quickstart.yaml", {"datasets": ["sparrow_sft", "no_such_data"]}, "['no_such_data'] not in"),
+    ("quickstart.yaml", {"learning_rate": "three"}, "learning rate: 'three' is not a number"),
+])
+def test_bad_input_is_a_message_in_the_page_and_the_server_keeps_serving(board, recipe, changes, message):
+    values = form(board, recipe, run_name="bad", **changes)
+    for endpoint in ("/show_recipe", "/start"):
+        status = board.predict(recipe, *values, "en", api_name=endpoint)[1]
+        assert status.startswith("**Error:**") and message in status and "Traceback" not in status
+    assert not (board.board_runs / "bad").exists()
+    # and in Chinese, with the same message from the library
+    assert board.predict(recipe, *values, "zh", api_name="/show_recipe")[1].startswith("**错误：**")
+    assert board.predict("quickstart.yaml", "en", api_name="/load_recipe")[-1].startswith("Loaded")
