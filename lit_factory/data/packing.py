@@ -77,3 +77,12 @@ class PackedCollator:
             positions[row, used:] = torch.arange(length - used)
         batch["position_ids"] = positions
         return batch
+
+
+def attention_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The model's attention arguments for a batch: ``attention_mask`` for padded rows; for packed rows (they carry
+    ``position_ids``) the position ids, no mask and no KV cache, the case in which transformers derives the
+    per-sequence block-diagonal mask (it skips that when a mask or a cache is given)."""
+    if "position_ids" in batch:
+        return {"position_ids": batch["position_ids"], "use_cache": False}
+    return {"attention_mask": batch["attention_mask"]}

@@ -2,6 +2,7 @@
 
 import torch
 
+from lit_factory.data.packing import attention_inputs
 from lit_factory.stages.base import Stage, causal_lm_loss
 
 
@@ -11,5 +12,5 @@ class SFT(Stage):
     data_objective = "supervised"
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = self(batch["input_ids"], **attention_inputs(batch)).logits  # packed rows: per-sequence attention
         return causal_lm_loss(logits, batch["labels"])
