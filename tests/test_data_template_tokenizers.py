@@ -1,0 +1,88 @@
+"""Templates with the real tokenizers: token for token against apply_chat_template (Qwen, Mistral), the tokenizer's
+own chat template as a template, and automatic selection."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from lit_factory.data.templates import detect_template_name, get_template
+from lit_factory.data.tokenize import IGNORE_INDEX, encode_supervised
+from lit_factory.errors import LitFactoryError
+
+TWO_TURNS = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "2 + 2 = 4."},
+    {"role": "user", "content": "And times 3?\nShow the steps."},
+    {"role": "assistant", "content": "(2 + 2) × 3 = 12.\n\nFirst add, then multiply."},
+]
+SYSTEM = {"role": "system", "content": "You are a careful math tutor."}
+CASES = {"single": TWO_TURNS[:2], "multi": TWO_TURNS, "multi_system": [SYSTEM, *TWO_TURNS]}
+
+
+@pytest.fixture(scope="module")
+def mistral_tokenizer(shared_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(shared_dir / "tokenizers" / "mistral-7b-instruct-v0.1"))
+
+
+def reference_ids(tokenizer, messages) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def mistral_reply_labels(ids: list[int], tokenizer) -> list[int]:
+    """Found from the ids alone: every token after a "[/INST]" up to and including the next </s>."""
+    close = tokenizer.encode(" [/INST]", add_special_tokens=False)[-3:]  # "/", "INST", "]"
+    eos = tokenizer.eos_token_id
+    labels, inside = [], False
+    for index, token in enumerate(ids):
+        labels.append(token if inside else IGNORE_INDEX)
+        if inside and token == eos:
+            inside = False
+        if ids[max(0, index - 2): index + 1] == close:
+            inside = True
+    return labels
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mistral_ids_and_mask_match_apply_chat_template(case, mistral_tokenizer):
+    messages = CASES[case]
+    ids, labels = encode_supervised(messages, mistral_tokenizer, get_template("mistral"), cutoff_len=4096)
+    expected = reference_ids(mistral_tokenizer, messages)
+    assert ids == expected
+    assert labels == mistral_reply_labels(expected, mistral_tokenizer)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_tokenizer_template_equals_the_named_family(case, mistral_tokenizer, qwen_tokenizer):
+    messages = CASES[case]
+    for tokenizer, family in ((mistral_tokenizer, "mistral"), (qwen_tokenizer, "qwen")):
+        own = get_template("tokenizer", tokenizer)
+        assert own.name == "tokenizer" and own.stop_words == (tokenizer.eos_token,)
+        assert encode_supervised(messages, tokenizer, own, 4096) == encode_supervised(
+            messages, tokenizer, get_template(family), 4096)
+        tokens = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token}
+        assert own.render_prompt(messages[:-1], **tokens) == tokenizer.apply_chat_template(
+            messages[:-1], tokenize=False, add_generation_prompt=True)
+
+
+def test_tokenizer_template_without_one_is_an_error():
+    with pytest.raises(LitFactoryError, match="data.template='tokenizer': the tokenizer has no chat_template"):
+        get_template("tokenizer", SimpleNamespace(chat_template=None))
+
+
+def test_auto_selects_by_chat_template_then_model_type(mistral_tokenizer, shared_dir, tmp_path):
+    assert detect_template_name(mistral_tokenizer) == "mistral"
+    references = {"llama-2-chat": "llama2", "llama-3-instruct": "llama3", "gemma-it": "gemma", "phi-3": "phi",
+                  "zephyr": "zephyr", "openchat-3.5": "openchat", "vicuna": "vicuna", "alpaca": "alpaca",
+                  "granite-3.0-instruct": "granite", "chatml": "chatml", "qwen2.5-instruct": "qwen"}
+    for reference, family in references.items():
+        chat_template = (shared_dir / "chat-templates" / f"{reference}.jinja").read_text()
+        assert detect_template_name(SimpleNamespace(chat_template=chat_template)) == family, reference
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "baichuan"}))
+    assert detect_template_name(SimpleNamespace(chat_template=None, name_or_path=str(tmp_path))) == "baichuan2"
+    assert detect_template_name(SimpleNamespace(chat_template=None, name_or_path="")) == "default"
