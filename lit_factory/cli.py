@@ -22,6 +22,9 @@ TRAINER_SUBCOMMANDS = {
 # Subcommands outside LightningCLI: name -> ("module:function", help). The function takes the remaining arguments,
 # parses them itself (argparse or jsonargparse) and returns an exit status; it is imported only when called.
 TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "chat": ("lit_factory.infer.chat:main", "chat with a model in the terminal: lit-factory chat --model PATH"),
+    "eval": ("lit_factory.eval.choice:main", "multiple-choice benchmark (MMLU style): lit-factory eval --model PATH"),
+    "serve": ("lit_factory.infer.serve:main", "OpenAI-compatible HTTP API: lit-factory serve --model PATH"),
     "board": ("lit_factory.board.app:main", "web UI to configure, run and watch fine-tuning: lit-factory board"),
 }
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from lit_factory.model.adapters import Finetuning
-from lit_factory.model.builder import ModelArgs, build_model, build_tokenizer
+from lit_factory.infer.engine import GenerationArgs
+from lit_factory.model.builder import ModelArgs, build_inference_model, build_model, build_tokenizer
 
 Optimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -50,6 +51,7 @@ class Stage(pl.LightningModule):
             (default: ``torch.optim.AdamW`` with its defaults; recipes set the learning rate).
         lr_schedule: Learning-rate decay after warmup: ``cosine`` (to 0), ``linear`` (to 0) or ``constant``.
         warmup_steps: Linear warmup length: a step count, or a fraction of the total steps when below 1.
+        generation: Decoding settings of ``lit-factory predict`` (max_new_tokens, temperature, top_p, ...).
     """
 
     #: What the data module must prepare for this stage (linked into the data module by the CLI).
@@ -62,6 +64,7 @@ class Stage(pl.LightningModule):
         optimizer: Optimizer = torch.optim.AdamW,
         lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_steps: float = 0,
+        generation: Optional[GenerationArgs] = None,
     ) -> None:
         super().__init__()
         # Plain values only: checkpoints load with torch.load(weights_only=True), which refuses our classes.
@@ -79,6 +82,7 @@ class Stage(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_steps = warmup_steps
+        self.generation = generation or GenerationArgs()
         self.tokenizer = build_tokenizer(model)
         self.model: Optional[torch.nn.Module] = None
         self.val_loss = MeanMetric()
@@ -99,6 +103,9 @@ class Stage(pl.LightningModule):
         if self.model is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        if self._trainer is not None and self.trainer.predicting:  # base + adapter as saved, nothing trainable
+            self.model = build_inference_model(self.model_args, self.tokenizer, device)
+            return
         self.model = build_model(self.model_args, self.tokenizer, self.finetuning, device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any):
@@ -132,6 +139,35 @@ class Stage(pl.LightningModule):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/perplexity", torch.exp(loss.clamp(max=50)))
+
+    def on_predict_start(self) -> None:
+        self._predictions: list[dict[str, Any]] = []
+        self._predict_started = time.perf_counter()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Generate replies for left-padded prompts (``DataModule.predict_dataloader``) with the data's template
+        stop words; the rows are written at the end of the loop (see ``lit_factory.infer.predict``)."""
+        from lit_factory.infer.predict import predict_batch
+
+        template = getattr(self.trainer.datamodule, "template", None)
+        stop_words = tuple(template.stop_words) if template is not None else ()
+        rows = predict_batch(self.model, self.tokenizer, batch, self.generation, stop_words)
+        self._predictions.extend(rows)
+        return rows
+
+    def on_predict_end(self) -> None:
+        from lit_factory.infer.predict import write_predictions
+
+        rows, seconds = self._predictions, time.perf_counter() - self._predict_started
+        if self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if self.trainer.is_global_zero:
+            directory = self.trainer.log_dir or "."
+            metrics = write_predictions(rows, directory, seconds, self.generation)
+            rank_zero_info(f"Wrote {len(rows)} predictions and their metrics (BLEU-4 {metrics['bleu-4']:.2f}, "
+                           f"ROUGE-L {metrics['rouge-l']:.2f}) to {directory}")
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
