@@ -26,6 +26,7 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("lit_factory.eval.choice:main", "multiple-choice benchmark (MMLU style): lit-factory eval --model PATH"),
     "serve": ("lit_factory.infer.serve:main", "OpenAI-compatible HTTP API: lit-factory serve --model PATH"),
     "board": ("lit_factory.board.app:main", "web UI to configure, run and watch fine-tuning: lit-factory board"),
+    "data": ("lit_factory.data.preview:main", "preview a recipe's data: statistics and samples with the loss marked: lit-factory data --config RECIPE"),
 }
 
 HELP = f"""usage: lit-factory <subcommand> [--config RECIPE.yaml] [--section.key VALUE ...]

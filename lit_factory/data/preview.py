@@ -1,0 +1,175 @@
+"""``lit-factory data``: what a recipe's data turns into, before spending compute on it.
+
+Prints, per dataset and for the mix: how many rows were read and kept, token-length percentiles (before
+truncation), the share of examples longer than ``cutoff_len`` (truncated, or dropped when no reply token fits), the
+share of tokens that carry loss, and the first samples decoded from the very batches the stage would get, with the
+loss-bearing text between « and ».
+
+    lit-factory data --config recipes/sft/lora.yaml [-n 3]
+    lit-factory data --dataset-dir D --dataset NAME[,NAME] --tokenizer T [--template X] [--objective O] [-n 3]
+
+Options given on the command line override the recipe's ``data`` section.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from lit_factory.errors import LitFactoryError
+
+LOSS_OPEN, LOSS_CLOSE = "«", "»"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lit-factory data", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--config", help="a recipe YAML: its data section and model tokenizer are used")
+    parser.add_argument("--dataset-dir", help="folder of dataset_info.json")
+    parser.add_argument("--dataset", help="entry name(s), comma-separated")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the recipe model's)")
+    parser.add_argument("--template", help="chat template name, 'auto' or 'tokenizer'")
+    parser.add_argument("--objective", choices=["supervised", "pretrain", "pairwise", "kto", "prompt"])
+    parser.add_argument("--cutoff-len", type=int)
+    parser.add_argument("--max-samples", type=int)
+    parser.add_argument("-n", "--num-samples", type=int, default=3, help="samples to print per dataset")
+    return parser.parse_args(argv)
+
+
+def recipe_settings(path: str) -> dict[str, Any]:
+    """The DataModule arguments a recipe implies: its data.init_args, the model's tokenizer and the stage's
+    objective (the links the training CLI makes)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise LitFactoryError(f"--config {path}: cannot read the recipe ({err}). Fix: give a recipe YAML.") from None
+    settings = dict(((recipe.get("data") or {}).get("init_args")) or {})
+    model = recipe.get("model") or {}
+    model_args = ((model.get("init_args") or {}).get("model")) or {}
+    tokenizer = model_args.get("tokenizer") or model_args.get("path")
+    if tokenizer and "tokenizer" not in settings:
+        settings["tokenizer"] = tokenizer
+    class_path = model.get("class_path")
+    if class_path:
+        module, _, name = class_path.rpartition(".")
+        try:
+            settings["objective"] = getattr(import_module(module), name).data_objective
+        except (ImportError, AttributeError):
+            raise LitFactoryError(f"--config {path}: model.class_path {class_path!r} not found. Fix: a stage "
+                                  "class such as lit_factory.stages.SFT.") from None
+    return settings
+
+
+def decoded_segments(tokenizer: Any, ids: list[int], labels: list[int] | None) -> str:
+    """The ids decoded, loss-bearing runs between « and »."""
+    if labels is None:
+        return tokenizer.decode(ids)
+    text, run, run_loss = [], [], False
+    for token, label in zip(ids, labels):
+        if run and (label != -100) != run_loss:
+            text.append(_run(tokenizer, run, run_loss))
+            run = []
+        run_loss = label != -100
+        run.append(token)
+    if run:
+        text.append(_run(tokenizer, run, run_loss))
+    return "".join(text)
+
+
+def _run(tokenizer: Any, ids: list[int], loss: bool) -> str:
+    decoded = tokenizer.decode(ids)
+    return f"{LOSS_OPEN}{decoded}{LOSS_CLOSE}" if loss else decoded
+
+
+def _percentiles(values: list[int]) -> str:
+    import numpy as np
+
+    if not values:
+        return "-"
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return f"p50 {p50:.0f}, p90 {p90:.0f}, p99 {p99:.0f}, max {max(values)}"
+
+
+def row_token_lists(row: dict[str, Any]) -> list[tuple[list[int], list[int] | None]]:
+    """A prepared row as (ids, labels) sequences, whatever its objective."""
+    if "chosen_ids" in row:
+        prompt = row["prompt_ids"]
+        return [(prompt + row[key], [-100] * len(prompt) + row[key]) for key in ("chosen_ids", "rejected_ids")]
+    if "completion_ids" in row:
+        return [(row["prompt_ids"] + row["completion_ids"], [-100] * len(row["prompt_ids"]) + row["completion_ids"])]
+    if "prompt_ids" in row:
+        return [(row["prompt_ids"], None)]
+    return [(row["input_ids"], row.get("labels", row["input_ids"]))]
+
+
+def describe(name: str, module: Any, full_module: Any | None, count: int) -> list[str]:
+    """The report lines of one prepared dataset (``full_module``: the same data without truncation)."""
+    rows = module.train_set
+    sequences = [seq for row in rows for seq in row_token_lists(row)]
+    loss = sum(sum(label != -100 for label in labels) for _, labels in sequences if labels is not None)
+    total = sum(len(ids) for ids, _ in sequences)
+    lines = [f"== {name}: {len(rows)} examples ({module.objective})"]
+    if full_module is not None:
+        lengths = [len(ids) for row in full_module.train_set for ids, _ in row_token_lists(row)]
+        longer = sum(length > module.cutoff_len for length in lengths)
+        lines.append(f"   tokens per sequence before cutoff: {_percentiles(lengths)}")
+        lines.append(f"   longer than cutoff_len={module.cutoff_len} (truncated or dropped): "
+                     f"{100 * longer / max(1, len(lengths)):.1f}%")
+    if module.objective != "prompt":
+        lines.append(f"   tokens with loss: {100 * loss / max(1, total):.1f}% of {total}")
+    for index in range(min(count, len(rows))):
+        for part, (ids, labels) in enumerate(row_token_lists(rows[index])):
+            tag = ("chosen", "rejected")[part] if "chosen_ids" in rows[index] else "sample"
+            lines += [f"-- {tag} {index}", decoded_segments(module.tokenizer, ids, labels)]
+    return lines
+
+
+def natural_objective(name: str, dataset_dir: str) -> str:
+    """The objective a dataset is made for, when none is given: ranking -> pairwise, a kto_tag -> kto."""
+    from lit_factory.data.spec import get_dataset_spec
+
+    spec = get_dataset_spec(name, dataset_dir)
+    return "pairwise" if spec.ranking else "kto" if spec.column("kto_tag") else "supervised"
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    settings = recipe_settings(args.config) if args.config else {}
+    overrides = {"dataset_dir": args.dataset_dir, "dataset": args.dataset, "tokenizer": args.tokenizer,
+                 "template": args.template, "objective": args.objective, "cutoff_len": args.cutoff_len,
+                 "max_samples": args.max_samples}
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    for key in ("dataset", "tokenizer"):
+        if not settings.get(key):
+            raise LitFactoryError(f"lit-factory data: no {key} given. Fix: --{key} or --config with a recipe.")
+    # Preview the data as it is, not a split or a stream of it.
+    for key in ("val_size", "streaming", "interleave_probs", "mix_strategy", "shuffle", "batch_size",
+                "eval_batch_size", "num_workers"):
+        settings.pop(key, None)
+    settings["shuffle"] = False
+    settings["batch_size"] = 2  # KTO needs two rows per batch; nothing here is batched otherwise
+
+    from lit_factory.data.datamodule import DataModule
+
+    names = settings.pop("dataset")
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    for name in names:  # catalogue errors before the tokenizer loads
+        natural_objective(name, settings.get("dataset_dir", "data"))
+    tokenizer = DataModule(names, **settings).tokenizer  # loaded once, shared below
+    settings["tokenizer"] = tokenizer
+    lines = []
+    for name in names:
+        objective = settings.get("objective") or natural_objective(name, settings.get("dataset_dir", "data"))
+        module = DataModule(name, **{**settings, "objective": objective})
+        module.setup()
+        full = None
+        if module.objective != "pretrain" and not settings.get("packing"):
+            full = DataModule(name, **{**settings, "objective": objective, "cutoff_len": 10**9})
+            full.setup()
+        lines += describe(name, module, full, args.num_samples)
+    print(f"lit-factory data: loss-bearing text is between {LOSS_OPEN} and {LOSS_CLOSE}")
+    print("\n".join(lines))
+    return 0
