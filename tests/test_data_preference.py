@@ -130,3 +130,16 @@ def test_objective_and_data_mismatches_are_one_line_errors(peer_data_dir, qwen_t
         assert "\n" not in str(error.value) and "Fix:" in str(error.value)
     with pytest.raises(LitFactoryError, match="batch_size of at least 2"):
         DataModule("kto_en_demo", dataset_dir=str(peer_data_dir), objective="kto", batch_size=1)
+
+
+def test_predict_batches_carry_the_reference_replies(peer_data_dir, qwen_tokenizer):
+    rows = json.loads((peer_data_dir / "alpaca_en_demo.json").read_text())[:3]
+    module = DataModule("alpaca_en_demo", dataset_dir=str(peer_data_dir), tokenizer=qwen_tokenizer,
+                        template="qwen", max_samples=3, eval_batch_size=3)
+    batch = next(iter(module.predict_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels_text"}
+    assert batch["labels_text"] == [row["output"] for row in rows]
+    assert batch["attention_mask"][:, -1].all()  # left padded: every prompt ends at the last column
+    content = "\n".join(part for part in (rows[0]["instruction"], rows[0]["input"]) if part)
+    expected = prompt_ids(qwen_tokenizer, [{"role": "user", "content": content}])
+    assert batch["input_ids"][0, -len(expected):].tolist() == expected
