@@ -71,17 +71,25 @@ def fit_turn(source_len: int, target_len: int, budget: int) -> tuple[int, int]:
 
 def tokenize_pieces(pieces: list[str], tokenizer: Any) -> list[list[int]]:
     """Token ids of each piece of a text cut into ``pieces``, from one tokenisation of the whole text."""
+    return tokenize_pieces_batch([pieces], tokenizer)[0]
+
+
+def tokenize_pieces_batch(texts: list[list[str]], tokenizer: Any) -> list[list[list[int]]]:
+    """:func:`tokenize_pieces` for many texts in one tokenizer call (the fast tokenizer batches them in Rust)."""
     if not getattr(tokenizer, "is_fast", False):
-        return tokenizer(pieces, add_special_tokens=False)["input_ids"]
-    starts, position = [], 0
-    for piece in pieces:
-        starts.append(position)
-        position += len(piece)
-    encoded = tokenizer("".join(pieces), add_special_tokens=False, return_offsets_mapping=True)
-    out: list[list[int]] = [[] for _ in pieces]
-    for token, (begin, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-        # bisect_right - 1 finds the last piece starting at or before `begin`; empty pieces are skipped over.
-        out[bisect_right(starts, begin) - 1].append(token)
+        return [tokenizer(pieces, add_special_tokens=False)["input_ids"] for pieces in texts]
+    encoded = tokenizer(["".join(pieces) for pieces in texts], add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for pieces, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
+        starts, position = [], 0
+        for piece in pieces:
+            starts.append(position)
+            position += len(piece)
+        split: list[list[int]] = [[] for _ in pieces]
+        for token, (begin, _) in zip(ids, offsets):
+            # bisect_right - 1 finds the last piece starting at or before `begin`; empty pieces are skipped over.
+            split[bisect_right(starts, begin) - 1].append(token)
+        out.append(split)
     return out
 
 
@@ -111,6 +119,13 @@ def encode_supervised(
     bos_token, eos_token = special_tokens(tokenizer)
     turns = template.render_turns(messages, system, bos_token, eos_token, tools)
     encoded = tokenize_pieces([piece for turn in turns for piece in turn], tokenizer)
+    return assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history)
+
+
+def assemble_supervised(encoded: list[list[int]], cutoff_len: int, train_on_prompt: bool = False,
+                        mask_history: bool = False) -> tuple[list[int], list[int]]:
+    """Ids and labels from the (prompt, response, separator) ids of each exchange: truncation and loss mask."""
+    turns = range(len(encoded) // 3)
     input_ids: list[int] = []
     labels: list[int] = []
     for index in range(len(turns)):
@@ -192,15 +207,21 @@ def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: i
                 out.setdefault(key, []).append(value)
 
         rows = len(batch["messages"])
+        if objective == "supervised":  # all rows' texts in one tokenizer call
+            bos_token, eos_token = special_tokens(tokenizer)
+            rendered = [
+                [piece for turn in template.render_turns(messages, system, bos_token, eos_token, tools) for piece in turn]
+                for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"])
+            ]
+            for i, encoded in enumerate(tokenize_pieces_batch(rendered, tokenizer)):
+                ids, labels = assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history)
+                if any(label != IGNORE_INDEX for label in labels):
+                    emit(input_ids=ids, labels=labels, **{key: batch[key][i] for key in MEDIA if key in batch})
+            return out
         for i in range(rows):
             messages, system, tools = batch["messages"][i], batch["system"][i], batch["tools"][i]
             media = {key: batch[key][i] for key in MEDIA if key in batch}
-            if objective == "supervised":
-                ids, labels = encode_supervised(messages, tokenizer, template, cutoff_len, train_on_prompt, system,
-                                                tools, mask_history)
-                if any(label != IGNORE_INDEX for label in labels):
-                    emit(input_ids=ids, labels=labels, **media)
-            elif objective == "pairwise":
+            if objective == "pairwise":
                 prompt, (chosen, rejected) = encode_prompt_and_replies(
                     messages, [batch["chosen"][i], batch["rejected"][i]], tokenizer, template, cutoff_len, system,
                     tools)
