@@ -1,8 +1,10 @@
 """Data: dataset_info.json entries -> aligned conversations -> chat-templated, loss-masked token batches.
 
-``spec`` (dataset_info.json), ``loader`` (files), ``align`` (formats -> standard rows), ``templates`` (chat formats
-over ``templates/*.yaml``), ``tokenize`` (loss masks, truncation, pretraining blocks), ``collators`` (padding) and
-``datamodule`` (the Lightning data module). Names are exported lazily so that importing this package does not
+``spec`` (dataset_info.json), ``loader`` (files, hub), ``align`` (formats -> standard rows), ``templates`` (chat
+formats over ``templates/*.yaml``; ``tokenizer_template`` for a tokenizer's own jinja), ``tokenize`` (loss masks,
+truncation, preference and prompt encodings, pretraining blocks), ``pipeline`` (per-dataset steps, caching, mixing),
+``packing`` (SFT packing), ``collators`` (the batch format of each objective), ``datamodule`` (the Lightning data
+module) and ``preview`` (``lit-factory data``). Names are exported lazily so that importing this package does not
 import lightning, torch or datasets.
 """
 
@@ -12,6 +14,11 @@ from typing import Any
 _EXPORTS = {
     "DataModule": "lit_factory.data.datamodule",
     "PaddingCollator": "lit_factory.data.collators",
+    "PairwiseCollator": "lit_factory.data.collators",
+    "KTOCollator": "lit_factory.data.collators",
+    "PromptCollator": "lit_factory.data.collators",
+    "PackedCollator": "lit_factory.data.packing",
+    "TokenizerTemplate": "lit_factory.data.tokenizer_template",
     "Template": "lit_factory.data.templates",
     "get_template": "lit_factory.data.templates",
     "encode_supervised": "lit_factory.data.tokenize",

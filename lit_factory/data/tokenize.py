@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from lit_factory.data.templates import AnyTemplate, Message
 from lit_factory.errors import LitFactoryError
-
-if TYPE_CHECKING:
-    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
