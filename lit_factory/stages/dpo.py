@@ -1,0 +1,71 @@
+"""Direct Preference Optimization (arXiv 2305.18290) with the sigmoid, IPO and hinge losses and DPO-ftx."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from lit_factory.errors import LitFactoryError
+from lit_factory.stages.preference import ReferenceStage, require_batch
+
+
+class DPO(ReferenceStage):
+    """DPO on pairwise batches (first n rows chosen, last n rejected), against a frozen reference policy.
+
+    Args:
+        beta: β, the strength of the pull towards the reference (for IPO: the regularisation τ).
+        loss_type: ``sigmoid`` (DPO), ``ipo`` (arXiv 2310.12036, on per-token mean log-ratios as in TRL) or
+            ``hinge`` (SLiC, arXiv 2305.10425).
+        label_smoothing: ε of conservative DPO: the chance a preference label is flipped (``sigmoid`` only).
+        sft_weight: γ of DPO-ftx: adds γ times the token-mean negative log-likelihood of the chosen responses.
+        **kwargs: ``reference`` and the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
+    """
+
+    data_objective = "pairwise"
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid",
+        label_smoothing: float = 0.0,
+        sft_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 <= label_smoothing < 0.5:
+            raise LitFactoryError("model.init_args.label_smoothing: must lie in [0, 0.5)")
+        if label_smoothing and loss_type != "sigmoid":
+            raise LitFactoryError("model.init_args.label_smoothing: only the sigmoid loss uses it; set it to 0")
+        super().__init__(**kwargs)
+        self.hparams.update(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight)
+        self.beta, self.loss_type, self.label_smoothing, self.sft_weight = beta, loss_type, label_smoothing, sft_weight
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        require_batch(batch, ("input_ids", "attention_mask", "labels"), "DPO", "pairwise")
+        logps, counts = self.policy_logps(batch)
+        ref_logps = self.reference_logps(batch)
+        chosen_logratios, rejected_logratios = (logps - ref_logps).chunk(2)
+        delta = chosen_logratios - rejected_logratios
+        if self.loss_type == "sigmoid":
+            eps = self.label_smoothing
+            losses = -(1 - eps) * F.logsigmoid(self.beta * delta) - eps * F.logsigmoid(-self.beta * delta)
+        elif self.loss_type == "hinge":
+            losses = torch.relu(1 - self.beta * delta)
+        else:  # ipo: the squared distance of the per-token log-ratio margin from 1/(2β)
+            chosen_counts, rejected_counts = counts.clamp(min=1).chunk(2)
+            ipo_delta = chosen_logratios / chosen_counts - rejected_logratios / rejected_counts
+            losses = (ipo_delta - 1 / (2 * self.beta)) ** 2
+        loss = losses.mean()
+        if self.sft_weight:
+            chosen_logps, chosen_counts = logps.chunk(2)[0], counts.chunk(2)[0]
+            loss = loss + self.sft_weight * -chosen_logps.sum() / chosen_counts.sum().clamp(min=1)
+
+        chosen_rewards, rejected_rewards = self.beta * chosen_logratios.detach(), self.beta * rejected_logratios.detach()
+        self.log_metrics({
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+            "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
+        }, batch_size=len(delta))
+        return loss

@@ -1,0 +1,175 @@
+"""What the preference stages share: per-sequence log-probabilities, the reference model, pairwise validation.
+
+``sequence_logps`` is the one place where log-probabilities are gathered from logits. ``PreferenceStage`` logs a
+stage's metrics and validates per pair; ``ReferenceStage`` adds the frozen reference policy DPO and KTO compare
+against, in one of three forms (see its ``reference`` argument).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from lit_factory.errors import LitFactoryError
+from lit_factory.stages.base import Stage
+
+Batch = dict[str, torch.Tensor]
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's labelled tokens (labels != -100) and how many there are.
+
+    Position t's logits score token t+1, so the labels shift left (as in ``causal_lm_loss``). Computed in at least
+    float32 through ``cross_entropy``, which fuses log-softmax and gather instead of materialising a second vocab
+    tensor.
+    """
+    next_tokens = F.pad(labels, (0, 1), value=-100)[:, 1:]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_logps = -F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), next_tokens.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(next_tokens.shape)
+    return token_logps.sum(-1), (next_tokens != -100).sum(-1)
+
+
+def require_batch(batch: Batch, keys: tuple[str, ...], stage: str, objective: str) -> None:
+    """A clear error when a batch lacks what the stage needs (e.g. supervised data fed to DPO)."""
+    missing = [key for key in keys if key not in batch]
+    if missing:
+        raise LitFactoryError(
+            f"{stage}: the batch has no {missing}; the data module must prepare objective {objective!r} "
+            f"(set data.init_args.objective: {objective}, which the CLI does from the stage)"
+        )
+    if objective == "pairwise" and batch["input_ids"].size(0) % 2:
+        raise LitFactoryError(f"{stage}: a pairwise batch needs 2n rows (n chosen, then n rejected)")
+
+
+class PreferenceStage(Stage):
+    """Base of the stages trained on chosen/rejected (or desirable/undesirable) responses.
+
+    Validation reports the mean loss per batch row group (``val/loss``) plus the stage's metrics; perplexity means
+    nothing for these objectives and is not logged.
+    """
+
+    data_objective = "pairwise"
+
+    def policy_logps(self, batch: Batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities and token counts of the trained model on ``batch[prefix + 'input_ids']``."""
+        logits = self(batch[prefix + "input_ids"], attention_mask=batch[prefix + "attention_mask"]).logits
+        return sequence_logps(logits, batch[prefix + "labels"])
+
+    def log_metrics(self, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log ``metrics`` under ``train/`` or ``val/`` (a no-op outside a Trainer, e.g. when a test calls loss)."""
+        if self._trainer is None:
+            return
+        split = "train" if self.training else "val"
+        for name, value in metrics.items():
+            self.log(f"{split}/{name}", value.detach().float(), batch_size=batch_size)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        rows = batch["input_ids"].size(0) // (2 if self.data_objective == "pairwise" else 1)
+        self.val_loss.update(self.loss(batch), weight=rows)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.val_loss.reset()
+
+
+class ReferenceStage(PreferenceStage):
+    """A preference stage measured against the frozen starting policy.
+
+    Args:
+        reference: Where the reference log-probabilities come from. ``auto``: the same model with the adapter
+            disabled when training a new LoRA adapter (no second copy), else ``copy``. ``copy``: a frozen copy of
+            the starting model kept in memory. ``precomputed``: computed once for every training and validation row
+            before the first step, then only a table of numbers is kept (full fine-tuning without a second copy).
+        **kwargs: The ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
+    """
+
+    #: Batch key prefixes whose rows need reference log-probabilities ("" = input_ids/attention_mask/labels).
+    reference_prefixes: tuple[str, ...] = ("",)
+
+    def __init__(self, reference: Literal["auto", "copy", "precomputed"] = "auto", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hparams.update(reference=reference)
+        self.reference = reference
+        self.reference_model: Optional[torch.nn.Module] = None
+        self.precomputed_logps: dict[str, float] = {}
+
+    @property
+    def reference_source(self) -> str:
+        """``adapter_disabled``, ``copy`` or ``precomputed``: what ``reference='auto'`` resolves to."""
+        if self.reference != "auto":
+            return self.reference
+        fresh_adapter = self.finetuning is not None and self.finetuning.saves_adapter and self.model_args.adapter is None
+        return "adapter_disabled" if fresh_adapter else "copy"
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.reference_source == "copy" and self.reference_model is None:
+            self.reference_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def reference_logps(self, batch: Batch, prefix: str = "") -> torch.Tensor:
+        """Summed log-probabilities of the reference policy on ``batch[prefix + 'input_ids']`` (no gradient)."""
+        ids, mask, labels = (batch[prefix + key] for key in ("input_ids", "attention_mask", "labels"))
+        source = self.reference_source
+        if source == "precomputed" and self.precomputed_logps:
+            try:
+                values = [self.precomputed_logps[_row_key(i, m, l)] for i, m, l in zip(ids, mask, labels)]
+            except KeyError:
+                raise LitFactoryError(
+                    "reference: precomputed: a row was not seen before training (data changed after the start?); "
+                    "use reference: copy"
+                ) from None
+            return torch.tensor(values, device=ids.device)
+        if source == "adapter_disabled":
+            with self.model.disable_adapter():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+        elif source == "copy":
+            logits = self.reference_model.eval()(input_ids=ids, attention_mask=mask).logits
+        else:  # precomputing: the model still holds its starting weights
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        return sequence_logps(logits, labels)[0]
+
+    def on_fit_start(self) -> None:
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if self.reference_source != "precomputed" or self.precomputed_logps:
+            return  # a resumed run restores the table from its checkpoint
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise LitFactoryError("reference: precomputed needs the data as a data module (Trainer.fit(datamodule=))")
+        table: dict[str, float] = {}
+        was_training = self.model.training
+        self.model.eval()
+        loaders = [datamodule.train_dataloader()]
+        if is_overridden("val_dataloader", datamodule):
+            loaders.append(datamodule.val_dataloader())
+        for batch in (batch for loader in loaders if loader for batch in loader):
+            batch = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            for prefix in self.reference_prefixes:
+                logps = self.reference_logps(batch, prefix)
+                rows = zip(batch[prefix + "input_ids"], batch[prefix + "attention_mask"], batch[prefix + "labels"])
+                table.update({_row_key(*row): float(value) for row, value in zip(rows, logps)})
+        self.model.train(was_training)
+        self.precomputed_logps = table
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.precomputed_logps:
+            checkpoint["reference_logps"] = dict(self.precomputed_logps)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.precomputed_logps = dict(checkpoint.get("reference_logps", {}))
+
+
+def _row_key(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> str:
+    # Batches carry no example index and are shuffled, so a row is recognised by its tokens and loss mask.
+    keep = attention_mask.bool()
+    content = torch.cat([input_ids[keep], labels[keep]]).to("cpu", torch.int64).numpy().tobytes()
+    return hashlib.sha1(content).hexdigest()

@@ -1,0 +1,65 @@
+"""Reward model: a value head on the base model trained on pairwise preferences (Bradley-Terry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lit_factory.model.value_head import ValueHead, last_hidden_states, last_token_values, save_value_head
+from lit_factory.stages.preference import PreferenceStage, require_batch
+
+
+class RewardModel(PreferenceStage):
+    """Scores a response by the value head's output at its last non-pad token; loss −log σ(s_chosen − s_rejected).
+
+    Batches are pairwise (first n rows chosen, last n rejected). The output folder holds the adapter (or the model)
+    and ``value_head.safetensors``; ``lit_factory.model.value_head.load_value_head`` reads the head back.
+
+    Takes the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps) and no others.
+    """
+
+    data_objective = "pairwise"
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if not hasattr(self.model, "value_head"):
+            # Inside the model, the head trains, checkpoints and moves like any other trainable weight of it.
+            device = next(self.model.parameters()).device
+            self.model.add_module("value_head", ValueHead(self.model.config.hidden_size).to(device))
+
+    @property
+    def value_head(self) -> ValueHead:
+        """The value head (built by ``configure_model``)."""
+        return self.model.value_head
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One reward per row: the value at the row's last non-pad token."""
+        values = self.value_head(last_hidden_states(self.model, input_ids, attention_mask))
+        return last_token_values(values, attention_mask)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        require_batch(batch, ("input_ids", "attention_mask"), "RewardModel", "pairwise")
+        chosen, rejected = self.scores(batch["input_ids"], batch["attention_mask"]).chunk(2)
+        loss = -F.logsigmoid(chosen - rejected).mean()
+
+        chosen, rejected = chosen.detach(), rejected.detach()
+        self.log_metrics({
+            "rewards/chosen": chosen.mean(),
+            "rewards/rejected": rejected.mean(),
+            "accuracy": (chosen > rejected).float().mean(),
+            "margin": (chosen - rejected).mean(),
+        }, batch_size=len(chosen))
+        return loss
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """The adapter (or model) and tokenizer as ``Stage.save_pretrained`` writes them, plus the value head."""
+        head = self.model.value_head
+        del self.model.value_head  # not part of the causal LM that transformers/PEFT reload from the folder
+        try:
+            directory = super().save_pretrained(directory)
+        finally:
+            self.model.add_module("value_head", head)
+        save_value_head(head, directory)
+        return directory
