@@ -169,3 +169,31 @@ def test_a_second_launch_while_one_runs_is_refused(tmp_path):
     with pytest.raises(LitFactoryError, match="already holds a run"):
         manager.launch("x: 2\n", tmp_path / "done")
     assert (tmp_path / "done" / "recipe.yaml").read_text() == "x: 1\n"
+
+
+def test_chat_reply_streams_piece_by_piece_into_the_history(tmp_path):
+    pytest.importorskip("lit_factory.infer.engine", reason="the Chat tab appears with lit_factory.infer")
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from lit_factory.board.tabs.chat import stream_reply
+    from lit_factory.infer.engine import ChatEngine
+    from lit_factory.model.builder import ModelArgs
+
+    tokenizer_dir = REPO / "lit_factory" / "assets" / "sparrow-tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    engine = ChatEngine.load(ModelArgs(path=str(tmp_path / "model")), "chatml", device="cpu")
+    earlier = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    updates = list(stream_reply(engine, earlier, "Who are you?", "be brief", max_new_tokens=12, temperature=0))
+    reference = engine.chat([*earlier, {"role": "user", "content": "Who are you?"}], "be brief",
+                            max_new_tokens=12, temperature=0)
+    assert updates[-1][:3] == [*earlier, {"role": "user", "content": "Who are you?"}]
+    assert updates[-1][3] == {"role": "assistant", "content": reference.text}
+    replies = [update[3]["content"] for update in updates]
+    # a random model's greedy reply (seeded: 12 tokens of noise) arrives in several pieces, each extending the last
+    assert reference.text and len(updates) >= 2 and all(b.startswith(a) for a, b in zip(replies, replies[1:]))

@@ -95,18 +95,26 @@ def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
-@pytest.mark.slow
-def test_ui_recipe_is_run_unchanged_by_fit_and_the_run_finishes_with_a_loss_curve(board):
+@pytest.fixture(scope="module")
+def short_run(board) -> dict[str, Any]:
+    """A 5-step quickstart run configured, shown and started through the page, waited for until it finishes."""
     values = form(board, max_steps="5", run_name="short")
-    shown, status = board.predict("quickstart.yaml", *values, "en", api_name="/show_recipe")
-    assert "The recipe is valid" in status
+    shown, show_status = board.predict("quickstart.yaml", *values, "en", api_name="/show_recipe")
     recipe_view, status, runs, next_name = board.predict("quickstart.yaml", *values, "en", api_name="/start")
-    assert status.startswith("Started run") and recipe_view == shown and next_name != "short"
-    run_dir = board.board_runs / "short"
-    assert (run_dir / "recipe.yaml").read_text().rstrip("\n") == shown  # saved as the page showed it (the page
-    # drops the final newline)
     name = run_value(runs)
     wait_for(lambda: "finished" in board.predict(name, "en", api_name="/monitor")[0], 300, "the run to finish")
+    return dict(name=name, run_dir=board.board_runs / "short", shown=shown, show_status=show_status,
+                recipe_view=recipe_view, status=status, next_name=next_name)
+
+
+@pytest.mark.slow
+def test_ui_recipe_is_run_unchanged_by_fit_and_the_run_finishes_with_a_loss_curve(board, short_run):
+    name, run_dir, shown = short_run["name"], short_run["run_dir"], short_run["shown"]
+    assert "The recipe is valid" in short_run["show_status"]
+    assert short_run["status"].startswith("Started run") and short_run["recipe_view"] == shown
+    assert short_run["next_name"] != "short"  # the form offers a fresh run name for the next run
+    # saved as the page showed it (the page drops the final newline)
+    assert (run_dir / "recipe.yaml").read_text().rstrip("\n") == shown
     log = (run_dir / "board.log").read_text()
     assert log.startswith(f"$ lit-factory fit --config {run_dir / 'recipe.yaml'}\n")
     assert "max_steps=5` reached" in log  # `lit-factory fit` accepted the recipe and trained it to the end
@@ -166,3 +174,28 @@ def test_bad_input_is_a_message_in_the_page_and_the_server_keeps_serving(board, 
     # and in Chinese, with the same message from the library
     assert board.predict(recipe, *values, "zh", api_name="/show_recipe")[1].startswith("**错误：**")
     assert board.predict("quickstart.yaml", "en", api_name="/load_recipe")[-1].startswith("Loaded")
+
+
+@pytest.mark.slow
+def test_chat_tab_streams_a_reply_from_a_runs_output(board, short_run):
+    pytest.importorskip("lit_factory.infer.engine", reason="the Chat tab appears with lit_factory.infer")
+    chat_args = ("", 16, 1.0, 1.0, "en")  # system prompt, max new tokens, temperature, top_p, language
+    refused = board.predict("hi", [], *chat_args, api_name="/chat")
+    assert refused[2] == "**Error:** no model loaded. Fix: load a model (or pick a run) first."
+    model, adapter, tokenizer, status = board.predict(short_run["name"], "en", api_name="/chat_use_run")
+    assert (model, adapter, status) == (str(short_run["run_dir"]), "", "")  # a full run saves a whole model
+    assert board.predict(model, "", "", "chatml", "en", api_name="/chat_load").startswith("Loaded")
+    from transformers import AutoTokenizer
+
+    counter = AutoTokenizer.from_pretrained(short_run["run_dir"])
+    replies = []
+    for _ in range(4):  # a 5-step model may sample its end-of-turn token first; then ask again
+        history = board.predict("Who are you?", [], *chat_args, api_name="/chat")[0]
+        assert [turn["role"] for turn in history] == ["user", "assistant"]
+        replies.append("".join(part["text"] for part in history[1]["content"]))
+        if replies[-1]:
+            assert len(counter.encode(replies[-1], add_special_tokens=False)) <= 16 + 2  # max_new_tokens held
+            break
+    assert any(replies), "four sampled replies were all empty"
+    unknown = board.predict("no-such-run", "en", api_name="/chat_use_run")[-1]
+    assert unknown.startswith("**Error:** run 'no-such-run' is unknown")

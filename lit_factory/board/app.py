@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -109,9 +110,22 @@ def build_app(workdir: str | Path = ".", default_recipe: str = "quickstart.yaml"
         with gr.Tabs():
             with ui("tab_train", gr.Tab(ui.word("tab_train"), elem_id="tab-train")):
                 build_train_tab(ui, manager, lang, default_recipe)
+            # Tabs over other parts of the project appear once those parts are installed.
+            if _installed("lit_factory.infer.engine"):
+                from lit_factory.board.tabs.chat import build_chat_tab
+
+                with ui("tab_chat", gr.Tab(ui.word("tab_chat"), elem_id="tab-chat")):
+                    build_chat_tab(ui, manager, lang)
         lang.change(lambda code: _relabel(ui, code), inputs=lang, outputs=ui.components, api_name="set_language")
     app.board_manager = manager  # type: ignore[attr-defined]
     return app
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 def _relabel(ui: Labels, lang: str) -> list[Any]:

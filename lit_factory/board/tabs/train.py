@@ -112,7 +112,8 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
 
     ui("monitor", gr.Markdown(f"### {word('monitor')}"), "value")
     with gr.Row():
-        run_select = ui("run_select", gr.Dropdown([], label=word("run_select"), elem_id="run_select", scale=2))
+        run_select = ui("run_select", gr.Dropdown([], label=word("run_select"), elem_id="run_select", scale=2,
+                                                  allow_custom_value=True))  # the manager checks the name
         stop_button = ui("stop_button", gr.Button(word("stop_button"), variant="stop", elem_id="stop_button"), "value")
         resume_button = ui("resume_button", gr.Button(word("resume_button"), elem_id="resume_button"), "value")
     with gr.Row():
