@@ -41,6 +41,8 @@ class Full(Finetuning):
     """Train every parameter."""
 
     def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
+        if getattr(model, "is_quantized", False):
+            raise LitFactoryError("finetuning: a quantized model trains only adapters; use lit_factory.model.LoRA")
         model.requires_grad_(True)
         return model
 
@@ -50,25 +52,47 @@ class Freeze(Finetuning):
 
     Args:
         trainable_layers: How many of the last decoder layers train.
+        trainable_modules: Within those layers, train only submodules with these names (e.g. ``[mlp]`` or
+            ``[self_attn]``, LLaMA-Factory's ``freeze_trainable_modules``); default: the whole layers.
         extra_modules: Names of further modules that train fully (e.g. ``embed_tokens``, ``lm_head``, ``norm``);
             matched against the last component(s) of module names.
     """
 
-    def __init__(self, trainable_layers: int = 2, extra_modules: Optional[list[str]] = None) -> None:
+    def __init__(
+        self,
+        trainable_layers: int = 2,
+        trainable_modules: Optional[list[str]] = None,
+        extra_modules: Optional[list[str]] = None,
+    ) -> None:
         if trainable_layers < 1:
             raise LitFactoryError("finetuning.trainable_layers: must be at least 1")
         self.trainable_layers = trainable_layers
+        self.trainable_modules = list(trainable_modules or [])
         self.extra_modules = list(extra_modules or [])
 
-    def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
-        prefix, layers = decoder_layers(model)
-        if self.trainable_layers > len(layers):
+    def trainable_layer_indices(self, num_layers: int) -> list[int]:
+        """Indices of the decoder layers that train."""
+        if self.trainable_layers > num_layers:
             raise LitFactoryError(
-                f"finetuning.trainable_layers: {self.trainable_layers} is more than the model's {len(layers)} layers"
+                f"finetuning.trainable_layers: {self.trainable_layers} is more than the model's {num_layers} layers"
             )
+        return list(range(num_layers - self.trainable_layers, num_layers))
+
+    def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
+        if getattr(model, "is_quantized", False):
+            raise LitFactoryError("finetuning: a quantized model trains only adapters; use lit_factory.model.LoRA")
+        prefix, layers = decoder_layers(model)
         model.requires_grad_(False)
-        for layer in list(layers)[-self.trainable_layers:]:
-            layer.requires_grad_(True)
+        for index in self.trainable_layer_indices(len(layers)):
+            if not self.trainable_modules:
+                layers[index].requires_grad_(True)
+                continue
+            matched = [m for name, m in layers[index].named_modules()
+                       if name and name.rsplit(".", 1)[-1] in self.trainable_modules]
+            if not matched:
+                raise LitFactoryError(f"finetuning.trainable_modules: no module named {self.trainable_modules} in a layer")
+            for module in matched:
+                module.requires_grad_(True)
         extra = list(self.extra_modules)
         if train_embeddings:
             extra += [_module_name(model, model.get_input_embeddings()), _module_name(model, model.get_output_embeddings())]
@@ -86,16 +110,47 @@ def _module_name(model: "nn.Module", target: "nn.Module") -> str:
     return next(name for name, module in model.named_modules() if module is target)
 
 
+class LlamaPro(Freeze):
+    """LLaMA Pro (Wu et al., 2024): train only the blocks that ``lit-factory expand`` inserted, freeze the rest.
+
+    Args:
+        num_expanded_blocks: How many blocks ``lit-factory expand --num-expand N`` added (the model's layer count
+            must be a multiple of N + the original count, as expand writes it).
+        trainable_modules: As in ``Freeze``.
+        extra_modules: As in ``Freeze``.
+    """
+
+    def __init__(
+        self,
+        num_expanded_blocks: int = 8,
+        trainable_modules: Optional[list[str]] = None,
+        extra_modules: Optional[list[str]] = None,
+    ) -> None:
+        super().__init__(num_expanded_blocks, trainable_modules, extra_modules)
+        self.num_expanded_blocks = num_expanded_blocks
+
+    def trainable_layer_indices(self, num_layers: int) -> list[int]:
+        from lit_factory.model.expand import expanded_layer_indices
+
+        return expanded_layer_indices(num_layers, self.num_expanded_blocks)
+
+
 class LoRA(Finetuning):
-    """Low-rank adapters through PEFT.
+    """Low-rank adapters through PEFT, with the variants of the LoRA family as options.
 
     Args:
         r: Rank of the update matrices.
-        alpha: Scaling numerator: the update is scaled by ``alpha / r``.
+        alpha: Scaling numerator: the update is scaled by ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``).
         dropout: Dropout on the adapter input.
-        target_modules: ``all`` for every linear layer except the output head, or a list of module names
-            (e.g. ``[q_proj, v_proj]``) or a regular expression.
-        modules_to_save: Modules trained fully and saved beside the adapter (e.g. ``[embed_tokens, lm_head]``).
+        target_modules: ``all`` for every linear layer except the output head (and a VLM's vision tower), or a
+            list of module names (e.g. ``[q_proj, v_proj]``) or a regular expression.
+        modules_to_save: Modules trained fully and saved beside the adapter (e.g. ``[embed_tokens, lm_head]``;
+            LLaMA-Factory's ``additional_target``).
+        use_rslora: Rank-stabilised LoRA (Kalajdzievski, 2023): scale by ``alpha / sqrt(r)``.
+        use_dora: DoRA (Liu et al., 2024): learn a magnitude vector and a LoRA-updated direction.
+        init: Adapter initialisation: ``default`` (B = 0, A Kaiming), ``gaussian``, ``pissa`` (principal singular
+            vectors of W by full SVD; the base keeps the residual), ``pissa_niter_<n>`` (fast randomised SVD),
+            ``olora``. PiSSA/OLoRA adapters are saved converted so that they apply to the original base model.
     """
 
     saves_adapter = True
@@ -107,14 +162,29 @@ class LoRA(Finetuning):
         dropout: float = 0.0,
         target_modules: Union[str, list[str]] = "all",
         modules_to_save: Optional[list[str]] = None,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        init: str = "default",
     ) -> None:
         if r < 1:
             raise LitFactoryError("finetuning.r: the LoRA rank must be at least 1")
+        if not re.fullmatch(r"default|gaussian|pissa|pissa_niter_\d+|olora", init):
+            raise LitFactoryError(
+                f"finetuning.init: {init!r} is not one of default, gaussian, pissa, pissa_niter_<n>, olora"
+            )
         self.r = r
         self.alpha = alpha
         self.dropout = dropout
         self.target_modules = target_modules
         self.modules_to_save = list(modules_to_save or [])
+        self.use_rslora = use_rslora
+        self.use_dora = use_dora
+        self.init = init
+
+    @property
+    def rewrites_base(self) -> bool:
+        """PiSSA/OLoRA move the adapter's share of W out of the base weights."""
+        return self.init.startswith(("pissa", "olora"))
 
     def peft_config(self, model: "nn.Module", train_embeddings: bool = False):
         """The ``peft.LoraConfig`` this method applies to ``model``."""
@@ -137,16 +207,54 @@ class LoRA(Finetuning):
                 name = _module_name(model, module).rsplit(".", 1)[-1]
                 if name not in to_save:
                     to_save.append(name)
+        exclude = _vision_tower_modules(model) if targets == "all-linear" else None
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             target_modules=targets,
+            exclude_modules=exclude,
             modules_to_save=to_save or None,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            init_lora_weights=True if self.init == "default" else self.init,
         )
 
     def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(model, train_embeddings))
+        if self.rewrites_base and getattr(model, "is_quantized", False):
+            raise LitFactoryError(f"finetuning.init: {self.init} rewrites the base weights; it cannot run on a quantized model")
+        model = get_peft_model(model, self.peft_config(model, train_embeddings))
+        if self.rewrites_base:
+            _save_converted_to_original_base(model)
+        return model
+
+
+def _vision_tower_modules(model: "nn.Module") -> Optional[str]:
+    """A regex over a VLM's vision tower and projector: ``all`` LoRA targets only the language model (as
+    LLaMA-Factory does), since the vision side is frozen by default."""
+    from lit_factory.model.patches import vision_module_prefixes
+
+    prefixes = vision_module_prefixes(model)
+    return rf"(.*\.)?({'|'.join(map(re.escape, prefixes))})\..*" if prefixes else None
+
+
+def _save_converted_to_original_base(model: "nn.Module") -> None:
+    """Make ``model.save_pretrained`` write a PiSSA/OLoRA adapter that applies to the ORIGINAL base weights.
+
+    PEFT does this conversion (rank 2r: [A; A0], [B, -B0]) when given the initial adapter at save time; the stage
+    saves through the plain ``save_pretrained`` call, so the instance's method gets that argument bound here.
+    """
+    import functools
+    import tempfile
+
+    config = model.peft_config["default"]
+    initial_dir = tempfile.mkdtemp(prefix="lit-factory-initial-adapter-")
+    init, config.init_lora_weights = config.init_lora_weights, True  # PEFT's recipe: save the initial as plain LoRA
+    model.save_pretrained(initial_dir)
+    config.init_lora_weights = init
+    model.save_pretrained = functools.partial(
+        type(model).save_pretrained, model, path_initial_model_for_weight_conversion=initial_dir
+    )

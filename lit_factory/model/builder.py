@@ -15,7 +15,7 @@ from lit_factory.errors import LitFactoryError
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from lit_factory.model.adapters import Finetuning
 
@@ -38,6 +38,23 @@ class ModelArgs:
         new_special_tokens: Tokens to add to the tokenizer as special tokens; the embeddings are resized and the new
             rows initialised around the mean of the old ones.
         trust_remote_code: Allow model/tokenizer code from the model's repository to run.
+        merge_adapter: Merge ``adapter`` into the base weights before fine-tuning, so that a NEW adapter (or any
+            other method) trains on top of the merged model instead of resuming the old adapter.
+        quantization: Quantize the pre-trained ``path`` model on load with bitsandbytes for QLoRA: ``nf4`` or
+            ``fp4`` (4-bit) or ``int8`` (LLM.int8). Only adapters train on a quantized model. Models saved
+            already quantized (GPTQ/AWQ/AQLM/bitsandbytes) load as they are, without this option.
+        double_quantization: 4-bit only: also quantize the quantization constants (QLoRA's double quantization).
+        rope_scaling: Stretch rotary position embeddings to ``context_length``: ``linear`` (position
+            interpolation) or ``dynamic`` (NTK-aware); factor ``ceil(context_length / max_position_embeddings)``.
+        context_length: The sequence length training uses (set it to the data's ``cutoff_len``); read by
+            ``rope_scaling``.
+        shift_attn: Train with shifted sparse attention (S²-Attn, LongLoRA) for long contexts; evaluation and
+            generation use full attention. Runs on SDPA.
+        neftune_alpha: NEFTune noise scale on the input embeddings during training (0: off; the paper uses 5).
+        freeze_vision_tower: For vision-language models: keep the vision tower and projector frozen (and out of
+            LoRA's ``all`` targets).
+        fast_lora: Run LoRA linear layers through lit-factory's fused autograd function (see
+            ``lit_factory.model.lora_fast``); PEFT's own forward when false.
     """
 
     path: Optional[str] = None
@@ -49,6 +66,15 @@ class ModelArgs:
     gradient_checkpointing: bool = False
     new_special_tokens: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
+    merge_adapter: bool = False
+    quantization: Optional[Literal["nf4", "fp4", "int8"]] = None
+    double_quantization: bool = True
+    rope_scaling: Optional[Literal["linear", "dynamic"]] = None
+    context_length: Optional[int] = None
+    shift_attn: bool = False
+    neftune_alpha: float = 0.0
+    freeze_vision_tower: bool = True
+    fast_lora: bool = False
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
@@ -61,6 +87,14 @@ class ModelArgs:
             raise LitFactoryError(
                 f"model.adapter: {self.adapter!r} has no adapter_config.json; give a folder saved by a LoRA run"
             )
+        if self.merge_adapter and self.adapter is None:
+            raise LitFactoryError("model.merge_adapter: set `model.adapter` to the adapter folder to merge")
+        if self.quantization is not None and self.path is None:
+            raise LitFactoryError("model.quantization: quantizes a pre-trained `model.path`; not an inline config")
+        if self.merge_adapter and self.quantization is not None:
+            raise LitFactoryError("model.merge_adapter: cannot merge into quantized weights; export the merged model first")
+        if self.shift_attn and self.attn_implementation != "sdpa":
+            raise LitFactoryError("model.shift_attn: S²-Attn runs on SDPA; set model.attn_implementation: sdpa")
 
     @property
     def tokenizer_path(self) -> str:
@@ -109,29 +143,52 @@ def _check_attention(name: str) -> None:
         )
 
 
-def _load_base(args: ModelArgs, tokenizer: "PreTrainedTokenizerBase", dtype: "torch.dtype") -> "PreTrainedModel":
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _load_config(args: ModelArgs, tokenizer: "PreTrainedTokenizerBase") -> "PretrainedConfig":
+    from transformers import AutoConfig
 
-    if args.config is not None:
-        options = dict(args.config)
-        model_type = options.pop("model_type", None)
-        if model_type is None:
-            raise LitFactoryError("model.config: add `model_type` (e.g. llama, qwen2) to the inline config")
-        options.setdefault("vocab_size", len(tokenizer))
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            options.setdefault(name, getattr(tokenizer, name))
+    if args.config is None:
         try:
-            config = AutoConfig.for_model(model_type, **options)
-        except ValueError as err:
-            raise LitFactoryError(f"model.config.model_type: {err}") from err
-        return AutoModelForCausalLM.from_config(
-            config, dtype=dtype, attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code
-        )
+            return AutoConfig.from_pretrained(args.path, trust_remote_code=args.trust_remote_code)
+        except (OSError, ValueError) as err:
+            first_line = str(err).strip().splitlines()[0]
+            raise LitFactoryError(f"model.path: cannot load a model from {args.path!r}: {first_line}") from err
+    options = dict(args.config)
+    model_type = options.pop("model_type", None)
+    if model_type is None:
+        raise LitFactoryError("model.config: add `model_type` (e.g. llama, qwen2) to the inline config")
+    text_options = options.get("text_config", options) if isinstance(options.get("text_config"), dict) else options
+    text_options.setdefault("vocab_size", len(tokenizer))
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        text_options.setdefault(name, getattr(tokenizer, name))
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            args.path, dtype=dtype, attn_implementation=args.attn_implementation,
-            trust_remote_code=args.trust_remote_code,
-        )
+        return AutoConfig.for_model(model_type, **options)
+    except ValueError as err:
+        raise LitFactoryError(f"model.config.model_type: {err}") from err
+
+
+def _load_base(
+    args: ModelArgs, tokenizer: "PreTrainedTokenizerBase", dtype: "torch.dtype", device: Optional["torch.device"] = None
+) -> "PreTrainedModel":
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from lit_factory.model import patches, quantization
+
+    config = _load_config(args, tokenizer)
+    if args.rope_scaling is not None:
+        text_config = config.get_text_config()
+        patches.scale_rope(text_config, args.rope_scaling, args.context_length)
+    attention = patches.register_shifted_sparse_attention() if args.shift_attn else args.attn_implementation
+    # Image-text models need their own Auto class: AutoModelForCausalLM would drop the vision tower.
+    auto = AutoModelForImageTextToText if patches.is_vision_language(config) else AutoModelForCausalLM
+    options: dict[str, Any] = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=args.trust_remote_code)
+    if args.config is not None:
+        return auto.from_config(config, **options)
+    quantization.check_prequantized(config, args.quantization, args.path)
+    if args.quantization is not None:
+        options["quantization_config"] = quantization.bitsandbytes_config(args.quantization, args.double_quantization, dtype)
+        options["device_map"] = {"": device or "cpu"}  # bitsandbytes quantizes while placing the weights
+    try:
+        return auto.from_pretrained(args.path, config=config, **options)
     except OSError as err:
         first_line = str(err).strip().splitlines()[0]
         raise LitFactoryError(f"model.path: cannot load a model from {args.path!r}: {first_line}") from err
@@ -152,9 +209,12 @@ def build_model(
 
     from lit_factory.model.adapters import Full
 
+    from lit_factory.model import patches
+
     _check_attention(args.attn_implementation)
     dtype = resolve_dtype(args.dtype, device or torch.device("cpu"))
-    model = _load_base(args, tokenizer, dtype)
+    model = _load_base(args, tokenizer, dtype, device)
+    quantized = bool(getattr(model, "is_quantized", False))
 
     added_tokens = len(tokenizer) > model.get_input_embeddings().num_embeddings
     if added_tokens:
@@ -162,12 +222,22 @@ def build_model(
         # with the statistics of real embeddings instead of a random scale.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
 
+    if args.merge_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and other unquantized weights go to float32 for stable training; checkpointing is set up below.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
     if args.gradient_checkpointing:
         # Non-reentrant checkpointing needs no `enable_input_require_grads` trick for frozen embeddings.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
 
-    if args.adapter is not None:
+    if args.adapter is not None and not args.merge_adapter:
         from lit_factory.model.adapters import LoRA
 
         if not isinstance(finetuning, LoRA):
@@ -177,6 +247,15 @@ def build_model(
         model = PeftModel.from_pretrained(model, args.adapter, is_trainable=True)
     else:
         model = (finetuning or Full()).apply(model, train_embeddings=added_tokens)
+    if args.freeze_vision_tower:
+        patches.freeze_vision_modules(model)
+    if args.neftune_alpha > 0:
+        patches.add_neftune(model, args.neftune_alpha)
+    patches.mark_moe_leaf_modules(model)
+    if args.fast_lora:
+        from lit_factory.model.lora_fast import use_fast_lora
+
+        use_fast_lora(model)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
@@ -191,11 +270,13 @@ def build_inference_model(
 
     _check_attention(args.attn_implementation)
     device = device or torch.device("cpu")
-    model = _load_base(args, tokenizer, resolve_dtype(args.dtype, device))
+    model = _load_base(args, tokenizer, resolve_dtype(args.dtype, device), device)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if args.adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, args.adapter)
-    return model.to(device).eval().requires_grad_(False)
+    if not getattr(model, "is_quantized", False):  # bitsandbytes placed quantized weights on load; .to() refuses
+        model = model.to(device)
+    return model.eval().requires_grad_(False)

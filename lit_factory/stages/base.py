@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
@@ -21,8 +21,9 @@ from torchmetrics import MeanMetric
 from lit_factory.model.adapters import Finetuning
 from lit_factory.infer.engine import GenerationArgs
 from lit_factory.model.builder import ModelArgs, build_inference_model, build_model, build_tokenizer
+from lit_factory.optim.factory import OptimizerCallable, OptimizerFactory
 
-Optimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+Optimizer = OptimizerCallable
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,9 @@ class Stage(pl.LightningModule):
         model: The base model (path or inline config), its tokenizer, dtype, attention and checkpointing options.
         finetuning: Which parameters train: ``lit_factory.model.Full`` (default when unset), ``Freeze``, ``LoRA``.
         optimizer: Optimizer class path and its arguments, called with the trainable parameters
-            (default: ``torch.optim.AdamW`` with its defaults; recipes set the learning rate).
+            (default: ``torch.optim.AdamW`` with its defaults; recipes set the learning rate), e.g.
+            ``bitsandbytes.optim.AdamW8bit``; or an optimizer factory that needs the model:
+            ``lit_factory.optim.LoRAPlus``, ``GaLore``, ``BAdam``.
         lr_schedule: Learning-rate decay after warmup: ``cosine`` (to 0), ``linear`` (to 0) or ``constant``.
         warmup_steps: Linear warmup length: a step count, or a fraction of the total steps when below 1.
         generation: Decoding settings of ``lit-factory predict`` (max_new_tokens, temperature, top_p, ...).
@@ -61,7 +64,7 @@ class Stage(pl.LightningModule):
         self,
         model: ModelArgs,
         finetuning: Optional[Finetuning] = None,
-        optimizer: Optimizer = torch.optim.AdamW,
+        optimizer: Union[OptimizerFactory, Optimizer] = torch.optim.AdamW,
         lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_steps: float = 0,
         generation: Optional[GenerationArgs] = None,
@@ -171,10 +174,10 @@ class Stage(pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
+        from lit_factory.optim.factory import build_optimizer
         from lit_factory.optim.schedules import warmup_then_decay
 
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(trainable)
+        optimizer = build_optimizer(self.optimizer_factory, self.model)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_steps * total) if 0 < self.warmup_steps < 1 else int(self.warmup_steps)
         scheduler = warmup_then_decay(optimizer, self.lr_schedule, warmup, total)

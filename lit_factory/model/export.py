@@ -1,0 +1,88 @@
+"""`lit-factory export`: merge a LoRA adapter into its base model and write sharded safetensors + tokenizer."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from lit_factory.errors import LitFactoryError
+
+
+def write_atomically(output: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(staging_dir)`` in a temporary folder beside ``output`` and move it into place only when done,
+    so an interrupted export never leaves a half-written model where a reader would load it."""
+    if output.exists() and any(output.iterdir()):
+        raise LitFactoryError(f"--output: {str(output)!r} exists and is not empty; choose a new folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        write(staging)
+        if output.exists():
+            output.rmdir()
+        staging.replace(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def export_model(
+    model_path: str,
+    output: str,
+    adapter: Optional[str] = None,
+    dtype: str = "auto",
+    max_shard_size: str = "2GB",
+    trust_remote_code: bool = False,
+) -> Path:
+    """Load ``model_path`` (+ ``adapter``, merged into the weights) in ``dtype`` and save it with its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lit_factory.model.quantization import prequantized_method
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if adapter is not None and prequantized_method(config) is not None:
+        raise LitFactoryError("--model: cannot merge an adapter into quantized weights; export from the unquantized model")
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise LitFactoryError(f"--adapter: {adapter!r} has no adapter_config.json; give a folder saved by a LoRA run")
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    # Merge in float32: adding B@A to half-precision weights in half precision loses the small updates.
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    # The run directory holds the tokenizer the adapter was trained with (it may have added tokens).
+    tokenizer_source = adapter if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() else model_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the adapter saved the trained rows
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    target = config.dtype if torch_dtype == "auto" else torch_dtype
+    if isinstance(target, str):
+        target = getattr(torch, target)
+    model = model.to(target or torch.float32)
+    model.config.use_cache = True
+
+    def save(staging: Path) -> None:
+        model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(staging)
+
+    return write_atomically(Path(output), save)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`lit-factory export --model PATH [--adapter DIR] --output DIR [--dtype bfloat16] [--max-shard-size 2GB]`."""
+    parser = argparse.ArgumentParser(prog="lit-factory export", description=__doc__)
+    parser.add_argument("--model", required=True, help="base model directory or hub id")
+    parser.add_argument("--adapter", help="LoRA adapter folder (a lit-factory run directory) to merge in")
+    parser.add_argument("--output", required=True, help="new directory for the exported model")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weight dtype of the export (auto: the base model's)")
+    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard, e.g. 2GB or 500MB")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    saved = export_model(args.model, args.output, args.adapter, args.dtype, args.max_shard_size, args.trust_remote_code)
+    print(f"Exported the {'merged ' if args.adapter else ''}model and tokenizer to {saved}")
+    return 0

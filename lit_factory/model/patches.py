@@ -1,0 +1,159 @@
+"""Model patches the builder applies on request: RoPE scaling, NEFTune, shifted sparse attention (S²-Attn),
+MoE blocks as DeepSpeed ZeRO-3 leaf modules, and the vision side of vision-language models."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+from lit_factory.errors import LitFactoryError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PretrainedConfig
+
+#: Names of a VLM's vision tower and projector across transformers model families.
+VISION_MODULE_NAMES = ("vision_tower", "visual", "vision_model", "multi_modal_projector", "mm_projector")
+S2_ATTENTION = "s2attn"
+
+
+# ---- RoPE scaling ------------------------------------------------------------------------------------------------
+def scale_rope(config: "PretrainedConfig", kind: str, context_length: Optional[int]) -> Optional[float]:
+    """Set linear/dynamic RoPE scaling with factor ``ceil(context_length / max_position_embeddings)``.
+
+    Returns the factor, or None when the model's context already covers ``context_length`` (no scaling needed).
+    """
+    if context_length is None:
+        raise LitFactoryError("model.context_length: RoPE scaling needs the training length (the data's cutoff_len)")
+    native = getattr(config, "max_position_embeddings", None)
+    parameters = getattr(config, "rope_parameters", None)
+    if native is None or parameters is None:
+        raise LitFactoryError(f"model.rope_scaling: {config.model_type} has no rotary position embeddings to scale")
+    if context_length <= native:
+        return None
+    factor = float(math.ceil(context_length / native))
+    config.rope_parameters = {**parameters, "rope_type": kind, "factor": factor}
+    if kind == "dynamic":
+        config.rope_parameters["original_max_position_embeddings"] = native
+    return factor
+
+
+# ---- NEFTune -----------------------------------------------------------------------------------------------------
+def add_neftune(model: "nn.Module", alpha: float) -> None:
+    """NEFTune (Jain et al., 2023): uniform noise of scale ``alpha / sqrt(seq_len * hidden)`` on the input
+    embeddings in training mode only (transformers' hook, the one its Trainer uses)."""
+    from transformers.integrations.neftune import neftune_post_forward_hook
+
+    embeddings = model.get_input_embeddings()
+    embeddings.neftune_noise_alpha = alpha
+    embeddings.register_forward_hook(neftune_post_forward_hook)
+
+
+# ---- S²-Attn -----------------------------------------------------------------------------------------------------
+def shifted_sparse_attention(
+    module: "nn.Module",
+    query: "torch.Tensor",
+    key: "torch.Tensor",
+    value: "torch.Tensor",
+    attention_mask: Optional["torch.Tensor"],
+    group_ratio: float = 0.25,
+    **kwargs: Any,
+) -> tuple["torch.Tensor", None]:
+    """S²-Attn (LongLoRA, Chen et al., 2024, Algorithm 1) in training; exact SDPA attention in eval.
+
+    Tokens attend causally within groups of ``group_ratio * T``; half of the heads see groups shifted by half a
+    group, so information flows between neighbouring groups. Hand-written because transformers ships no S²-Attn;
+    it plugs in through transformers' attention-function registry.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if not module.training:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    batch, heads, length, dim = query.shape
+    key = repeat_kv(key, heads // key.shape[1])
+    value = repeat_kv(value, heads // value.shape[1])
+    # Keys that are real tokens: the diagonal of the boolean causal+padding mask (None: no padding).
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        key_valid = attention_mask[:, 0].diagonal(dim1=-2, dim2=-1)[:, -length:]
+    else:
+        key_valid = torch.ones(batch, length, dtype=torch.bool, device=query.device)
+    # Groups of an even size that divides the (padded) length: pad to a multiple of 8 / ratio's group count.
+    groups = max(1, round(1 / group_ratio))
+    padded = math.ceil(length / (2 * groups)) * 2 * groups
+    pad = padded - length
+    query, key, value = (F.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
+    key_valid = F.pad(key_valid, (0, pad), value=False)
+    size = padded // groups
+    half = heads // 2
+
+    def shift(t: "torch.Tensor", steps: int) -> "torch.Tensor":  # roll the second half of the heads along T
+        return torch.cat([t[:, :half], t[:, half:].roll(steps, dims=2)], dim=1)
+
+    query, key, value = (shift(t, -size // 2) for t in (query, key, value))
+    valid = shift(key_valid[:, None, :, None].expand(batch, heads, padded, 1), -size // 2)  # [B, H, T, 1]
+
+    def grouped(t: "torch.Tensor") -> "torch.Tensor":  # [B, H, T, D] -> [B * groups, H, size, D]
+        return t.reshape(batch, heads, groups, size, -1).transpose(1, 2).reshape(batch * groups, heads, size, -1)
+
+    causal = torch.ones(size, size, dtype=torch.bool, device=query.device).tril()
+    mask = causal & grouped(valid).transpose(-1, -2)  # [B*groups, H, size(q), size(k)]
+    mask = mask | torch.eye(size, dtype=torch.bool, device=query.device)  # padded queries: never an empty row
+    out = F.scaled_dot_product_attention(grouped(query), grouped(key), grouped(value), attn_mask=mask,
+                                         scale=kwargs.get("scaling"))
+    out = out.reshape(batch, groups, heads, size, dim).transpose(1, 2).reshape(batch, heads, padded, dim)
+    out = shift(out, size // 2)[:, :, :length]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_shifted_sparse_attention() -> str:
+    """Register S²-Attn with transformers (attention function + SDPA's mask builder) and return its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(S2_ATTENTION, shifted_sparse_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(S2_ATTENTION, sdpa_mask)
+    return S2_ATTENTION
+
+
+# ---- MoE and VLMs ------------------------------------------------------------------------------------------------
+def moe_block_classes(model: "nn.Module") -> list[type]:
+    """Classes of the model's mixture-of-experts blocks (Mixtral/Qwen2-MoE/DeepSeek style ``...MoeBlock``)."""
+    classes = {type(m) for m in model.modules() if type(m).__name__.lower().endswith(("moeblock", "moe", "moelayer"))}
+    return sorted(classes, key=lambda c: c.__name__)
+
+
+def mark_moe_leaf_modules(model: "nn.Module") -> list[type]:
+    """Make ZeRO-3 gather each MoE block's experts at once: with per-parameter fetching, tokens routed to
+    different experts on different ranks deadlock. Returns the marked classes (empty for dense models)."""
+    classes = moe_block_classes(model)
+    if classes:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, classes)
+    return classes
+
+
+def vision_module_prefixes(model: "nn.Module") -> list[str]:
+    """Full names of a VLM's vision tower and projector modules (empty for text-only models)."""
+    found: list[str] = []
+    for name, _ in model.named_modules():
+        if name.rsplit(".", 1)[-1] in VISION_MODULE_NAMES and not any(name.startswith(f + ".") for f in found):
+            found.append(name)
+    return found
+
+
+def freeze_vision_modules(model: "nn.Module") -> list[str]:
+    """Freeze the vision tower and projector; returns their names."""
+    prefixes = vision_module_prefixes(model)
+    modules = dict(model.named_modules())
+    for name in prefixes:
+        modules[name].requires_grad_(False)
+    return prefixes
+
+
+def is_vision_language(config: "PretrainedConfig") -> bool:
+    """Whether a config describes an image-text model (it has a vision sub-config)."""
+    return getattr(config, "vision_config", None) is not None
