@@ -205,3 +205,11 @@ def test_unloadable_tokenizer_names_the_field(tmp_path):
     missing = tmp_path / "no-tokenizer-here"
     with pytest.raises(LitFactoryError, match=f"data.tokenizer='{missing}': could not load a tokenizer"):
         DataModule("identity", tokenizer=str(missing)).tokenizer
+
+
+def test_invalid_json_line_names_file_line_and_entry(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.jsonl"}}))
+    with pytest.raises(LitFactoryError, match=r"d\.jsonl: could not be read as json \(line 2: Expecting value; "
+                                              r"entry 'd'\)\. Fix:"):
+        load_dataset_file(get_dataset_spec("d", tmp_path))

@@ -50,9 +50,31 @@ def _load_local(spec: DatasetSpec, streaming: bool) -> Any:
     try:
         return load_dataset(reader, data_files=[str(p) for p in files], split="train", streaming=streaming)
     except Exception as err:  # the readers raise many types; the user needs the file name and the reason
+        where, reason = spec.path, _reason(err)
+        if reader == "json":  # `datasets` says only that generation failed: find the line ourselves
+            where, reason = next(((p, r) for p in files if (r := _json_problem(p))), (where, reason))
         raise LitFactoryError(
-            f"{spec.path}: could not be read as {reader} ({_reason(err)}). Fix: check the file's format."
+            f"{where}: could not be read as {reader} ({reason}; entry {spec.name!r}). Fix: check the file's format."
         ) from err
+
+
+def _json_problem(path: Any) -> str | None:
+    """Where a JSON or JSON-lines file stops parsing ("line N: why"), or None when it parses."""
+    import json
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                line.strip() and json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"line {number}: {err.msg}"
+        return None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"line {err.lineno}: {err.msg}"
+    return None
 
 
 def _load_hub(spec: DatasetSpec, streaming: bool) -> Any:
