@@ -16,6 +16,7 @@ type or out of range); the server keeps serving. Needs the ``serve`` extra: ``pi
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations (Request) at run time.
 import importlib.util
 import json
+import secrets
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
@@ -141,7 +142,8 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+        sent = request.headers.get("authorization", "")
+        if api_key is not None and not secrets.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
             return _error(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
                           "invalid_request_error", "invalid_api_key")
         length = request.headers.get("content-length")
