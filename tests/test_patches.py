@@ -158,5 +158,10 @@ def test_vision_language_model_loads_with_image_text_class_and_frozen_vision_tow
     targeted = {n for n, _ in lora.named_modules() if n.endswith("lora_A")}
     assert targeted and not any(".visual." in n for n in targeted)
 
+    from lit_factory.model import Freeze
+
+    frozen = build_model(args, tokenizer, Freeze(trainable_layers=1))
+    assert {n.split("layers.")[1].split(".")[0] for n, p in frozen.named_parameters() if p.requires_grad} == {"1"}
+
     unfrozen = build_model(ModelArgs(**{**vars(args), "freeze_vision_tower": False}), tokenizer, Full())
     assert all(p.requires_grad for p in unfrozen.parameters())
