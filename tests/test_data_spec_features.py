@@ -151,3 +151,9 @@ def test_multi_process_preprocessing_gives_the_same_rows(peer_data_dir, qwen_tok
     two = make(peer_data_dir, qwen_tokenizer, "alpaca_en_demo", max_samples=40, preprocessing_num_workers=2,
                cutoff_len=513)  # another cache key, so that the workers really run
     assert [ids[:200] for ids in two.train_set["input_ids"]] == [ids[:200] for ids in one.train_set["input_ids"]]
+
+
+def test_streaming_pretrain_blocks_match(peer_data_dir, qwen_tokenizer):
+    stored = make(peer_data_dir, qwen_tokenizer, "c4_demo", objective="pretrain", cutoff_len=64)
+    streamed = make(peer_data_dir, qwen_tokenizer, "c4_demo", objective="pretrain", cutoff_len=64, streaming=True)
+    assert [row["input_ids"] for row in streamed.train_set] == stored.train_set["input_ids"]
