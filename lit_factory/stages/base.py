@@ -205,8 +205,7 @@ class Stage(pl.LightningModule):
         staging = directory / ".saving"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        self.model.save_pretrained(staging, safe_serialization=True)
-        self.tokenizer.save_pretrained(staging)
+        self.write_outputs(staging)
         for item in staging.iterdir():
             target = directory / item.name
             if target.is_dir():
@@ -214,4 +213,9 @@ class Stage(pl.LightningModule):
             item.replace(target)
         staging.rmdir()
         return directory
+
+    def write_outputs(self, folder: Path) -> None:
+        """Write what a run leaves behind into ``folder`` (a staging folder); stages with more to save extend it."""
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
 
