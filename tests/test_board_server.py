@@ -199,3 +199,71 @@ def test_chat_tab_streams_a_reply_from_a_runs_output(board, short_run):
     assert any(replies), "four sampled replies were all empty"
     unknown = board.predict("no-such-run", "en", api_name="/chat_use_run")[-1]
     assert unknown.startswith("**Error:** run 'no-such-run' is unknown")
+
+
+@pytest.mark.slow
+def test_evaluate_tab_scores_a_runs_output_with_both_benchmarks(board, short_run):
+    pytest.importorskip("lit_factory.eval.choice", reason="the Evaluate tab appears with lit_factory.eval")
+    from lit_factory.eval.choice import SAMPLE_TASK_DIR, evaluate_choices, load_task
+    from lit_factory.eval.similarity import similarity_scores
+
+    model = str(short_run["run_dir"])
+    status, table = board.predict(model, "", "", "chatml", str(SAMPLE_TASK_DIR), "mmlu_sample", "test", 0, "en", "en",
+                                  api_name="/eval_choice")
+    assert status == "Scored mmlu_sample (0-shot)."
+    # the same numbers as the library's own evaluation of that model
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lit_factory.data.templates import get_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    reference = evaluate_choices(AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval(), tokenizer,
+                                 get_template("chatml"), load_task(SAMPLE_TASK_DIR, "mmlu_sample", ("test",)), "test", 0)
+    rows = {row[0]: row[1:] for row in table["data"]}
+    assert rows["Average"] == [round(100 * reference["average"]["accuracy"], 2), reference["average"]["correct"],
+                               reference["average"]["total"]]
+
+    status, run_name, _ = board.predict(model, "", "", "chatml", "lit_factory/assets/demo", ["sparrow_sft"], "4", 8,
+                                        str(board.board_runs / "predict"), "en", api_name="/eval_predict")
+    assert status.startswith("Started run")
+    run_dir = Path(run_name) if Path(run_name).is_absolute() else REPO / run_name
+    results = wait_for(lambda: board.predict(run_name, "en", api_name="/eval_results")[1]["data"], 300,
+                       "predict_results.json")
+    metrics = {name: value for name, value in results}
+    predictions = [json.loads(line) for line in (run_dir / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and metrics["samples"] == 4
+    expected = similarity_scores([p["predict"] for p in predictions], [p["label"] for p in predictions])
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, abs=1e-3)
+    assert "lit-factory predict --config" in (run_dir / "board.log").read_text()
+
+
+@pytest.mark.slow
+def test_export_tab_merges_an_adapter_into_the_base(board, short_run, tmp_path):
+    pytest.importorskip("lit_factory.model.export", reason="the Export tab appears with lit_factory.model.export")
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = str(short_run["run_dir"])
+    torch.manual_seed(0)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, parameter in lora.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero (a no-op adapter); make the merge change the weights
+            torch.nn.init.normal_(parameter, std=0.05)
+    lora.save_pretrained(tmp_path / "adapter")
+    status = board.predict(base, str(tmp_path / "adapter"), str(tmp_path / "merged"), "float32", "2GB", "en",
+                           api_name="/export")
+    assert status == f"Exported the merged model to {tmp_path / 'merged'}."
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                             tmp_path / "adapter")(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(base)(ids).logits
+    torch.testing.assert_close(merged, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(merged, plain, atol=1e-3)  # the adapter did change the model
+    bad = board.predict(base, str(tmp_path / "nothing"), str(tmp_path / "m2"), "auto", "2GB", "en", api_name="/export")
+    assert bad.startswith("**Error:**") and "adapter_config.json" in bad

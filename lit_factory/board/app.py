@@ -116,6 +116,16 @@ def build_app(workdir: str | Path = ".", default_recipe: str = "quickstart.yaml"
 
                 with ui("tab_chat", gr.Tab(ui.word("tab_chat"), elem_id="tab-chat")):
                     build_chat_tab(ui, manager, lang)
+            if _installed("lit_factory.eval.choice") and _installed("lit_factory.infer.predict"):
+                from lit_factory.board.tabs.evaluate import build_evaluate_tab
+
+                with ui("tab_evaluate", gr.Tab(ui.word("tab_evaluate"), elem_id="tab-evaluate")):
+                    build_evaluate_tab(ui, manager, lang)
+            if _installed("lit_factory.model.export"):
+                from lit_factory.board.tabs.export import build_export_tab
+
+                with ui("tab_export", gr.Tab(ui.word("tab_export"), elem_id="tab-export")):
+                    build_export_tab(ui, manager, lang)
         lang.change(lambda code: _relabel(ui, code), inputs=lang, outputs=ui.components, api_name="set_language")
     app.board_manager = manager  # type: ignore[attr-defined]
     return app

@@ -78,8 +78,11 @@ class RunManager:
         """The run that is training now, if any."""
         return next((run for run in self.runs.values() if run.running), None)
 
-    def launch(self, recipe_text: str, log_dir: str | Path, ckpt_path: Optional[str] = None) -> Run:
-        """Save ``recipe_text`` as ``<log_dir>/recipe.yaml`` and start ``lit-factory fit --config`` on it."""
+    def launch(
+        self, recipe_text: str, log_dir: str | Path, ckpt_path: Optional[str] = None, subcommand: str = "fit"
+    ) -> Run:
+        """Save ``recipe_text`` as ``<log_dir>/recipe.yaml`` and start ``lit-factory <subcommand> --config`` on it
+        (``fit``, or ``predict`` for the Evaluate tab's batch prediction)."""
         with self._lock:
             busy = self.active()
             if busy is not None:
@@ -98,11 +101,10 @@ class RunManager:
             os.replace(staging, recipe_path)
             (folder / PROGRESS_FILE).unlink(missing_ok=True)
             # `python -m lit_factory` is `lit-factory` for the interpreter running the board (same environment).
-            command = [sys.executable, "-m", "lit_factory", "fit", "--config", str(recipe_path)]
-            if ckpt_path:
-                command += ["--ckpt_path", str(ckpt_path)]
+            arguments = [subcommand, "--config", str(recipe_path), *(["--ckpt_path", ckpt_path] if ckpt_path else [])]
+            command = [sys.executable, "-m", "lit_factory", *arguments]
             log = open(folder / LOG_FILE, "a", encoding="utf-8")
-            log.write(f"$ lit-factory fit --config {recipe_path}" + (f" --ckpt_path {ckpt_path}\n" if ckpt_path else "\n"))
+            log.write(f"$ lit-factory {' '.join(arguments)}\n")
             log.flush()
             process = subprocess.Popen(
                 command, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
