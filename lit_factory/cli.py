@@ -25,10 +25,10 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("lit_factory.infer.chat:main", "chat with a model in the terminal: lit-factory chat --model PATH"),
     "eval": ("lit_factory.eval.choice:main", "multiple-choice benchmark (MMLU style): lit-factory eval --model PATH"),
     "serve": ("lit_factory.infer.serve:main", "OpenAI-compatible HTTP API: lit-factory serve --model PATH"),
-    "board": ("lit_factory.board.app:main", "web UI to configure, run and watch fine-tuning: lit-factory board"),
-    "data": ("lit_factory.data.preview:main", "preview a recipe's data: statistics and samples with the loss marked: lit-factory data --config RECIPE"),
     "export": ("lit_factory.model.export:main", "merge a LoRA adapter, write safetensors: lit-factory export --model PATH --adapter DIR --output DIR"),
     "expand": ("lit_factory.model.expand:main", "LLaMA Pro block expansion: lit-factory expand --model PATH --output DIR --num-expand N"),
+    "board": ("lit_factory.board.app:main", "web UI to configure, run and watch fine-tuning: lit-factory board"),
+    "data": ("lit_factory.data.preview:main", "preview a recipe's data: statistics and samples with the loss marked: lit-factory data --config RECIPE"),
 }
 
 HELP = f"""usage: lit-factory <subcommand> [--config RECIPE.yaml] [--section.key VALUE ...]

@@ -96,6 +96,10 @@ def test_quickstart_end_to_end_reduced(tmp_path):
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, state[name], rtol=0, atol=0)
+    # The saved folder pairs the tokenizer with a qwen2 config.json; it must still tokenize as in training.
+    shipped = AutoTokenizer.from_pretrained("lit_factory/assets/sparrow-tokenizer")
+    for text in ("What is two plus two? 4", "  spaces\n\nand 123", "<|im_start|>user\nhi<|im_end|>\n"):
+        assert tokenizer(text)["input_ids"] == shipped(text)["input_ids"]
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)
     assert model.generate(**ids, max_new_tokens=5, do_sample=False).shape[1] > ids["input_ids"].shape[1]

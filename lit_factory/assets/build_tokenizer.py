@@ -1,7 +1,10 @@
-"""Build the quickstart's tokenizer (`assets/sparrow-tokenizer/`): a 1,024-entry byte-level BPE trained on the demo
-data, with ChatML special tokens and chat template. Shipped prebuilt; rerun with `python -m lit_factory.assets.build_tokenizer`.
+"""Build the quickstart's tokenizer (`assets/sparrow-tokenizer/`): a small byte-level BPE trained on the demo data,
+with ChatML special tokens and chat template. Shipped prebuilt; rerun with `python -m lit_factory.assets.build_tokenizer`.
 
-Byte-level BPE encodes any text (no unknown tokens), and a small vocabulary keeps the quickstart model tiny.
+Byte-level BPE encodes any text (no unknown tokens), and a small vocabulary keeps the quickstart model tiny. The
+normalizer and pre-tokenizer are Qwen2's: a saved run pairs this tokenizer with a `qwen2` config.json, and
+transformers 5 then loads it as `Qwen2Tokenizer`, which rebuilds exactly this pipeline — so the saved model
+tokenizes as in training.
 """
 
 import json
@@ -21,13 +24,17 @@ def demo_texts() -> list[str]:
 
 
 def main(vocab_size: int = 1024) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
