@@ -141,7 +141,8 @@ def _class_name(section: Any, default: str) -> str:
     return default
 
 
-def _dump_options(options: dict[str, Any]) -> str:
+def dump_options(options: dict[str, Any]) -> str:
+    """Options as the ``key: value`` YAML lines the form's options fields hold."""
     import yaml
 
     return yaml.safe_dump(options, sort_keys=False).strip() if options else ""
@@ -165,10 +166,10 @@ def form_from_recipe(recipe: dict[str, Any], run_name: str = "") -> TrainForm:
         template=str(data_args.get("template", "auto")),
         stage=_class_name(recipe["model"], "SFT"),
         method=method,
-        method_options=_dump_options(
+        method_options=dump_options(
             {k: v for k, v in method_args.items() if k not in FORM_METHOD_ARGS.get(method, ())}
         ),
-        stage_options=_dump_options({k: v for k, v in stage_args.items() if k not in COMMON_STAGE_ARGS}),
+        stage_options=dump_options({k: v for k, v in stage_args.items() if k not in COMMON_STAGE_ARGS}),
         dataset_dir=str(data_args.get("dataset_dir", "data")),
         datasets=_as_list(data_args.get("dataset", [])),
         learning_rate=str(optimizer_args.get("lr", "1e-3")),
@@ -207,7 +208,8 @@ def _blank_if_none(value: Any) -> str:
 
 
 # ---- reading the form's text fields -------------------------------------------------------------------------------
-def _number(label: str, text: Any, kind: type = float, minimum: Optional[float] = None) -> Any:
+def parse_number(label: str, text: Any, kind: type = float, minimum: Optional[float] = None) -> Any:
+    """A form field as ``kind`` (``int`` or ``float``), at least ``minimum``; a one-line error naming ``label``."""
     try:
         value = kind(float(str(text).strip())) if kind is int else kind(str(text).strip())
     except (TypeError, ValueError):
@@ -219,8 +221,9 @@ def _number(label: str, text: Any, kind: type = float, minimum: Optional[float] 
     return value
 
 
-def _optional_int(label: str, text: Any, minimum: int = 1) -> Optional[int]:
-    return None if text is None or str(text).strip() == "" else _number(label, text, int, minimum)
+def parse_optional_int(label: str, text: Any, minimum: int = 1) -> Optional[int]:
+    """An optional whole-number field: ``None`` when left empty."""
+    return None if text is None or str(text).strip() == "" else parse_number(label, text, int, minimum)
 
 
 def _options(label: str, text: str) -> dict[str, Any]:
@@ -292,13 +295,13 @@ def assemble_recipe(base: dict[str, Any], form: TrainForm, workdir: str | Path =
     if form.method == "LoRA":
         targets = _names(form.lora_targets) or ["all"]
         method_args.update(
-            r=_number("LoRA rank", form.lora_r, int, 1),
-            alpha=_number("LoRA alpha", form.lora_alpha, float, 0),
-            dropout=_number("LoRA dropout", form.lora_dropout, float, 0),
+            r=parse_number("LoRA rank", form.lora_r, int, 1),
+            alpha=parse_number("LoRA alpha", form.lora_alpha, float, 0),
+            dropout=parse_number("LoRA dropout", form.lora_dropout, float, 0),
             target_modules=targets[0] if targets == ["all"] else targets,
         )
     elif form.method == "Freeze":
-        method_args.update(trainable_layers=_number("trainable layers", form.freeze_layers, int, 1),
+        method_args.update(trainable_layers=parse_number("trainable layers", form.freeze_layers, int, 1),
                            extra_modules=_names(form.freeze_extra))
     known = method_defaults(form.method)
     unknown = sorted(set(method_args) - set(known))
@@ -312,12 +315,12 @@ def assemble_recipe(base: dict[str, Any], form: TrainForm, workdir: str | Path =
 
     optimizer = dict(stage_args.get("optimizer") or {"class_path": "torch.optim.AdamW"})
     optimizer["init_args"] = {**(optimizer.get("init_args") or {}),
-                              "lr": _number("learning rate", form.learning_rate, float, 0)}
+                              "lr": parse_number("learning rate", form.learning_rate, float, 0)}
     stage_args["optimizer"] = optimizer
     if form.lr_schedule not in LR_SCHEDULES:
         raise LitFactoryError(f"LR schedule: {form.lr_schedule!r} is unknown. Fix: pick one of {LR_SCHEDULES}.")
     stage_args["lr_schedule"] = form.lr_schedule
-    warmup = _number("warmup steps", form.warmup_steps, float, 0)
+    warmup = parse_number("warmup steps", form.warmup_steps, float, 0)
     stage_args["warmup_steps"] = int(warmup) if warmup >= 1 and warmup == int(warmup) else warmup
     stage_section["init_args"] = stage_args
 
@@ -351,12 +354,12 @@ def _data_section(data: dict[str, Any], form: TrainForm, workdir: Path) -> dict[
         dataset_dir=dataset_dir,
         dataset=chosen,
         template=template,
-        cutoff_len=_number("cutoff length", form.cutoff_len, int, 1),
-        batch_size=_number("batch size", form.batch_size, int, 1),
+        cutoff_len=parse_number("cutoff length", form.cutoff_len, int, 1),
+        batch_size=parse_number("batch size", form.batch_size, int, 1),
     )
-    val_size = _number("validation size", form.val_size or 0, float, 0)
+    val_size = parse_number("validation size", form.val_size or 0, float, 0)
     args["val_size"] = int(val_size) if val_size >= 1 or val_size == 0 else val_size
-    max_samples = _optional_int("max samples", form.max_samples)
+    max_samples = parse_optional_int("max samples", form.max_samples)
     if max_samples is None:
         args.pop("max_samples", None)
     else:
@@ -367,8 +370,8 @@ def _data_section(data: dict[str, Any], form: TrainForm, workdir: Path) -> dict[
 
 def _trainer_section(trainer: dict[str, Any], form: TrainForm) -> dict[str, Any]:
     trainer = copy.deepcopy(trainer)
-    max_epochs = _optional_int("epochs", form.max_epochs)
-    max_steps = _optional_int("max steps", form.max_steps)
+    max_epochs = parse_optional_int("epochs", form.max_epochs)
+    max_steps = parse_optional_int("max steps", form.max_steps)
     if max_epochs is None and max_steps is None:
         raise LitFactoryError("epochs / max steps: both empty. Fix: set how long to train (one of them or both).")
     trainer.pop("max_epochs", None)
@@ -380,8 +383,8 @@ def _trainer_section(trainer: dict[str, Any], form: TrainForm) -> dict[str, Any]
     if form.precision not in PRECISIONS:
         raise LitFactoryError(f"precision: {form.precision!r} is unknown. Fix: pick one of {PRECISIONS}.")
     trainer["precision"] = form.precision
-    trainer["accumulate_grad_batches"] = _number("gradient accumulation", form.grad_accum, int, 1)
-    trainer["log_every_n_steps"] = _number("log every n steps", form.log_every_n_steps, int, 1)
+    trainer["accumulate_grad_batches"] = parse_number("gradient accumulation", form.grad_accum, int, 1)
+    trainer["log_every_n_steps"] = parse_number("log every n steps", form.log_every_n_steps, int, 1)
     run_name = (form.run_name or "").strip()
     output_dir = Path((form.output_dir or "").strip() or ".")
     if not run_name or "/" in run_name or run_name in (".", ".."):

@@ -99,8 +99,8 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
 
         if not (path or "").strip():
             raise LitFactoryError("model path: empty. Fix: give a model folder or hub id, or pick a run.")
-        args = ModelArgs(path=_local(manager, path), adapter=_local(manager, adapter_dir) or None,
-                         tokenizer=_local(manager, tokenizer_dir) or None)
+        args = ModelArgs(path=local_path(manager, path), adapter=local_path(manager, adapter_dir) or None,
+                         tokenizer=local_path(manager, tokenizer_dir) or None)
         loaded.clear()
         loaded["engine"] = ChatEngine.load(args, template_name or "auto", device="auto")
         loaded["label"] = path + (f" + {adapter_dir}" if adapter_dir else "")
@@ -138,7 +138,7 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     clear.click(lambda: ([], ""), None, [chatbot, status], api_name=False)
 
 
-def _local(manager: RunManager, value: str) -> str:
+def local_path(manager: RunManager, value: str) -> str:
     """A path relative to the board's working directory made absolute; a hub id (or nothing) as given."""
     value = (value or "").strip()
     local = Path(value) if Path(value).is_absolute() else manager.workdir / value

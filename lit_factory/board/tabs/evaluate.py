@@ -28,7 +28,7 @@ def predict_recipe(model: str, adapter: str, tokenizer: str, dataset_dir: str, d
         model_args["tokenizer"] = tokenizer.strip()
     else:
         model_args.pop("tokenizer", None)
-    recipe["model"]["init_args"]["generation"]["max_new_tokens"] = recipes._number(
+    recipe["model"]["init_args"]["generation"]["max_new_tokens"] = recipes.parse_number(
         "max new tokens", max_new_tokens, int, 1)
     data = recipe["data"]["init_args"]
     folder = Path(dataset_dir)
@@ -38,7 +38,7 @@ def predict_recipe(model: str, adapter: str, tokenizer: str, dataset_dir: str, d
         raise LitFactoryError(f"datasets: {missing or 'none chosen'} not in {folder / 'dataset_info.json'}. "
                               f"Fix: pick from {known}.")
     data.update(dataset_dir=dataset_dir, dataset=list(datasets), template=template or "auto")
-    samples = recipes._optional_int("max samples", max_samples)
+    samples = recipes.parse_optional_int("max samples", max_samples)
     if samples is not None:
         data["max_samples"] = samples
     if not (run_name or "").strip() or not (output_dir or "").strip():
@@ -72,7 +72,7 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     import gradio as gr
 
     from lit_factory.board.app import guarded
-    from lit_factory.board.tabs.chat import _local, run_output
+    from lit_factory.board.tabs.chat import local_path, run_output
     from lit_factory.eval.choice import SAMPLE_TASK_DIR
 
     word = ui.word
@@ -143,11 +143,11 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
 
         if not (path or "").strip():
             raise LitFactoryError("model path: empty. Fix: give a model folder or hub id, or pick a run.")
-        shots = recipes._number("n-shot", shots, int, 0)
+        shots = recipes.parse_number("n-shot", shots, int, 0)
         splits = (split_name,) if shots == 0 else ("dev", split_name)
-        subjects = load_task(_local(manager, folder), task_name, tuple(dict.fromkeys(splits)))
-        args = ModelArgs(path=_local(manager, path), adapter=_local(manager, adapter_dir) or None,
-                         tokenizer=_local(manager, tokenizer_dir) or None)
+        subjects = load_task(local_path(manager, folder), task_name, tuple(dict.fromkeys(splits)))
+        args = ModelArgs(path=local_path(manager, path), adapter=local_path(manager, adapter_dir) or None,
+                         tokenizer=local_path(manager, tokenizer_dir) or None)
         tokenizer_obj = build_tokenizer(args)
         model_obj = build_inference_model(args, tokenizer_obj, torch.device("cuda" if torch.cuda.is_available()
                                                                             else "cpu"))

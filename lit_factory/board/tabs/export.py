@@ -16,7 +16,7 @@ def build_export_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     import gradio as gr
 
     from lit_factory.board.app import guarded
-    from lit_factory.board.tabs.chat import _local, run_output
+    from lit_factory.board.tabs.chat import local_path, run_output
 
     word = ui.word
     with gr.Row():
@@ -44,7 +44,7 @@ def build_export_tab(ui: Any, manager: RunManager, lang: Any) -> None:
         if not (folder or "").strip():
             raise LitFactoryError("export folder: empty. Fix: give the folder to write the merged model to.")
         target = manager.workdir / folder.strip()  # an absolute folder stays as given
-        saved = export_model(_local(manager, path), str(target), adapter=_local(manager, adapter_dir) or None,
+        saved = export_model(local_path(manager, path), str(target), adapter=local_path(manager, adapter_dir) or None,
                              dtype=dtype_name, max_shard_size=(max_shard or "2GB").strip())
         return text(lang_code, "msg_exported", path=saved)
 

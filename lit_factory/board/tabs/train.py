@@ -150,7 +150,7 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
         options = {k: v for k, v in recipes.method_defaults(method).items()
                    if k not in recipes.FORM_METHOD_ARGS.get(method, ())}
         return (gr.update(visible=method == "LoRA"), gr.update(visible=method == "Freeze"),
-                recipes._dump_options(options), "")
+                recipes.dump_options(options), "")
 
     @guarded(outputs=2, status_at=-1)
     def refresh_datasets(dataset_dir: str, lang_code: str) -> tuple:
