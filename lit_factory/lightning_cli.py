@@ -31,6 +31,11 @@ class FactoryCLI(LightningCLI):
         parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a recipe (YAML).")
         return parser
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would rebuild the model from the checkpoint's hyperparameters, which name no stage class (they
+        # are plain values); the recipe already is the whole configuration, the checkpoint only restores state.
+        return None
+
     def instantiate_classes(self) -> None:
         # jsonargparse wraps errors raised in constructors (e.g. a ModelArgs check) into its own report; the user
         # should see our one-line message instead.

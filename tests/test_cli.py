@@ -149,3 +149,15 @@ def test_recipes_run_llamafactory_demo_data(tmp_path, recipe, datasets, extra):
     assert all(loss == loss and loss > 0 for loss in read_scalars(run_dir, "train/loss"))
     saved = {p.name for p in run_dir.iterdir()}
     assert "adapter_model.safetensors" in saved if "lora" in recipe else "model.safetensors" in saved
+
+
+def test_fit_resumes_from_a_checkpoint_file(tmp_path):
+    common = ["fit", "--config", QUICKSTART, "--trainer.val_check_interval", "2",
+              "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    first = run_cli(*common, "--trainer.max_steps", "4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = next((tmp_path / "quickstart" / "version_0" / "checkpoints").glob("*.ckpt"))
+    resumed = run_cli(*common, "--trainer.max_steps", "6", "--ckpt_path", str(checkpoint))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(next((tmp_path / "quickstart" / "version_1" / "checkpoints").glob("*.ckpt")),
+                      weights_only=True)["global_step"] == 6

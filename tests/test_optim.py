@@ -134,7 +134,12 @@ def test_badam_random_order_visits_every_block_and_lowers_the_loss(tmp_path):
     assert all(len(phase) == 1 for phase in phases)
     sweep = [phases[i] for i in range(0, 6, 3)]  # one permutation of the 2 blocks
     assert set().union(*sweep) == {"layers.0", "layers.1"}
-    assert min(recorder.losses[-3:]) < recorder.losses[0] - 0.2
+    # The first batch again (no shuffling): batches differ too much for a later batch's loss to compare.
+    data = DataModule(dataset="sparrow_sft", dataset_dir=DEMO, tokenizer=stage.tokenizer, template="chatml",
+                      cutoff_len=64, batch_size=4, shuffle=False)
+    data.setup("fit")
+    with torch.no_grad():
+        assert float(stage.loss(next(iter(data.train_dataloader())))) < recorder.losses[0] - 0.1
 
 
 def test_badam_refuses_lora():

@@ -58,7 +58,7 @@ class Stage(pl.LightningModule):
     """
 
     #: What the data module must prepare for this stage (linked into the data module by the CLI).
-    data_objective: Literal["supervised", "pretrain"] = "supervised"
+    data_objective: Literal["supervised", "pretrain", "pairwise", "kto", "prompt"] = "supervised"
 
     def __init__(
         self,
