@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from lit_factory.cli import main
+from tiny_models import DEMO, SPARROW, TINY
 
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
-DEMO = "lit_factory/assets/demo"
-TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 METHODS = sorted(p.stem for p in Path("recipes/methods").glob("*.yaml"))
 
 

@@ -8,10 +8,7 @@ import pytest
 import torch
 
 from lit_factory.cli import main
-
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
-TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+from tiny_models import SPARROW, TINY
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,7 @@ import torch
 
 from lit_factory.model import LoRA, ModelArgs, build_model, build_tokenizer
 from lit_factory.model.lora_fast import LoRALinearFunction, use_fast_lora
-
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
-TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+from tiny_models import SPARROW, TINY
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -12,10 +12,8 @@ from torch import nn
 
 from lit_factory.model import ModelArgs
 from lit_factory.stages import DPO, KTO, ORPO, RewardModel, SimPO
+from tiny_models import SPARROW, TINY
 
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
-TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 VOCAB, LENGTH = 40, 14
 
 

@@ -6,8 +6,8 @@ import torch
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Freeze, Full, LoRA, ModelArgs, build_model, build_tokenizer
 from lit_factory.model.builder import resolve_dtype
+from tiny_models import SPARROW
 
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
 TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 

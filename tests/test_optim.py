@@ -13,11 +13,7 @@ from lit_factory.errors import LitFactoryError
 from lit_factory.model import LoRA, ModelArgs, build_model, build_tokenizer
 from lit_factory.optim import BAdam, GaLore, LoRAPlus, build_optimizer
 from lit_factory.stages import SFT
-
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
-DEMO = "lit_factory/assets/demo"
-TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+from tiny_models import DEMO, SPARROW, TINY
 
 
 def tiny_args() -> ModelArgs:

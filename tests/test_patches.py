@@ -8,8 +8,8 @@ import torch
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Full, LoRA, ModelArgs, build_model, build_tokenizer
+from tiny_models import SPARROW
 
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
 

@@ -13,10 +13,7 @@ from lit_factory.data.datamodule import DataModule
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import LoRA, ModelArgs
 from lit_factory.stages import PPO, SFT, RewardModel
-
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
-TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+from tiny_models import SPARROW, TINY
 
 
 def fit(stage, data, steps, root, callbacks=()):

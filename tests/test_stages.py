@@ -11,11 +11,7 @@ import torch
 from lit_factory.data.datamodule import DataModule
 from lit_factory.model import Freeze, LoRA, ModelArgs
 from lit_factory.stages import SFT, PreTrain
-
-SPARROW = "lit_factory/assets/sparrow-tokenizer"
-DEMO = "lit_factory/assets/demo"
-TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+from tiny_models import DEMO, save_tiny_base
 
 
 class LossRecorder(pl.Callback):
@@ -28,18 +24,7 @@ class LossRecorder(pl.Callback):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    """A tiny random Qwen2-shaped model saved like a hub checkpoint, with the Sparrow tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    directory = tmp_path_factory.mktemp("base")
-    tokenizer = AutoTokenizer.from_pretrained(SPARROW)
-    options = dict(TINY, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_base(tmp_path_factory.mktemp("base"))
 
 
 def sparrow_data(tokenizer, **overrides) -> DataModule:
