@@ -7,7 +7,9 @@ adapter onto the same base (as a second PEFT adapter) and this head on top.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -47,6 +49,18 @@ def last_token_values(values: torch.Tensor, attention_mask: torch.Tensor) -> tor
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
     last = (positions * attention_mask.bool()).argmax(-1)
     return values.gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+@contextmanager
+def value_head_set_aside(model: nn.Module) -> Iterator[ValueHead]:
+    """Take ``model.value_head`` out of the model while it is saved (it is not part of the causal LM that
+    transformers/PEFT reload from the folder), yield it, and put it back."""
+    head = model.value_head
+    del model.value_head
+    try:
+        yield head
+    finally:
+        model.add_module("value_head", head)
 
 
 def save_value_head(head: ValueHead, directory: str | Path) -> Path:

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import LoRA
-from lit_factory.model.value_head import ValueHead, last_token_values, load_value_head, save_value_head
+from lit_factory.model.value_head import (
+    ValueHead,
+    last_token_values,
+    load_value_head,
+    save_value_head,
+    value_head_set_aside,
+)
 from lit_factory.stages.base import Stage
 from lit_factory.stages.ppo_losses import (
     AdaptiveKLController,
@@ -341,11 +347,7 @@ class PPO(Stage):
 
     def write_outputs(self, folder: Path) -> None:
         """The policy adapter in PEFT format (the reward adapter left out), the tokenizer, and the critic's head."""
-        head = self.model.value_head
-        del self.model.value_head  # not part of the causal LM that PEFT reloads from the folder
-        try:
+        with value_head_set_aside(self.model) as head:
             self.model.save_pretrained(folder, selected_adapters=["default"], safe_serialization=True)
-        finally:
-            self.model.add_module("value_head", head)
         self.tokenizer.save_pretrained(folder)
         save_value_head(head, folder)

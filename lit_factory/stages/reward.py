@@ -7,7 +7,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lit_factory.model.value_head import ValueHead, last_hidden_states, last_token_values, save_value_head
+from lit_factory.model.value_head import (
+    ValueHead,
+    last_hidden_states,
+    last_token_values,
+    save_value_head,
+    value_head_set_aside,
+)
 from lit_factory.stages.preference import PreferenceStage, require_batch
 
 
@@ -53,13 +59,8 @@ class RewardModel(PreferenceStage):
         }, batch_size=len(chosen))
         return loss
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """The adapter (or model) and tokenizer as ``Stage.save_pretrained`` writes them, plus the value head."""
-        head = self.model.value_head
-        del self.model.value_head  # not part of the causal LM that transformers/PEFT reload from the folder
-        try:
-            directory = super().save_pretrained(directory)
-        finally:
-            self.model.add_module("value_head", head)
-        save_value_head(head, directory)
-        return directory
+    def write_outputs(self, folder: Path) -> None:
+        """The adapter (or model) and tokenizer as ``Stage.write_outputs`` writes them, plus the value head."""
+        with value_head_set_aside(self.model) as head:
+            super().write_outputs(folder)
+        save_value_head(head, folder)
