@@ -8,23 +8,14 @@ import pytest
 import torch
 
 from lit_factory.cli import main
-from tiny_models import DEMO, SPARROW, TINY
+from tiny_models import DEMO, SPARROW, TINY, save_tiny_base
 
 METHODS = sorted(p.stem for p in Path("recipes/methods").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    directory = tmp_path_factory.mktemp("base")
-    tokenizer = AutoTokenizer.from_pretrained(SPARROW)
-    options = dict(TINY, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(1)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_base(tmp_path_factory.mktemp("base"))
 
 
 def fit(tmp_path: Path, model_path: Path, *configs: str, extra: tuple[str, ...] = ()) -> Path:

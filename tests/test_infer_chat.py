@@ -7,26 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lit_factory.infer.engine import ChatEngine, GenerationArgs
-from lit_factory.model.builder import ModelArgs, build_inference_model, build_tokenizer
-
-SPARROW = str(Path(__file__).resolve().parents[1] / "lit_factory" / "assets" / "sparrow-tokenizer")
-TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-        "tie_word_embeddings": False, "initializer_range": 0.5}
+from lit_factory.model.builder import ModelArgs
+from tiny_models import save_peaked_chat_model
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-chat")
-    torch.manual_seed(0)
-    args = ModelArgs(config=TINY, tokenizer=SPARROW)
-    tokenizer = build_tokenizer(args)
-    build_inference_model(args, tokenizer).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_peaked_chat_model(tmp_path_factory.mktemp("tiny-chat"))
 
 
 def run_chat(model: Path, lines: list[str], *options: str) -> subprocess.CompletedProcess:

@@ -13,21 +13,12 @@ from lit_factory.data.datamodule import DataModule
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Freeze, Full, LoRA, ModelArgs, build_inference_model, build_model, build_tokenizer
 from lit_factory.stages import SFT
-from tiny_models import DEMO, SPARROW, TINY
+from tiny_models import DEMO, SPARROW, TINY, save_tiny_base
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    directory = tmp_path_factory.mktemp("base")
-    tokenizer = AutoTokenizer.from_pretrained(SPARROW)
-    options = dict(TINY, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(1)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_base(tmp_path_factory.mktemp("base"))
 
 
 class LossRecorder(pl.Callback):

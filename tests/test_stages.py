@@ -11,7 +11,7 @@ import torch
 from lit_factory.data.datamodule import DataModule
 from lit_factory.model import Freeze, LoRA, ModelArgs
 from lit_factory.stages import SFT, PreTrain
-from tiny_models import DEMO, save_tiny_base
+from tiny_models import DEMO, quiet_trainer, save_tiny_base
 
 
 class LossRecorder(pl.Callback):
@@ -34,12 +34,7 @@ def sparrow_data(tokenizer, **overrides) -> DataModule:
     return DataModule(**options)
 
 
-def trainer(tmp_path, max_steps, **overrides) -> pl.Trainer:
-    options = dict(max_steps=max_steps, accelerator="cpu", devices=1, precision="32-true", logger=False,
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   default_root_dir=tmp_path, num_sanity_val_steps=0)
-    options.update(overrides)
-    return pl.Trainer(**options)
+trainer = quiet_trainer
 
 
 def logits_of(model, tokenizer) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Full, LoRA, ModelArgs
 from lit_factory.stages import DPO, KTO, RewardModel
-from tiny_models import SPARROW, TINY, save_tiny_base
+from tiny_models import SPARROW, TINY, quiet_trainer, save_tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,7 @@ class Recorder(pl.Callback):
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
-def trainer(tmp_path, max_steps, **overrides) -> pl.Trainer:
-    options = dict(max_steps=max_steps, accelerator="cpu", devices=1, precision="32-true", logger=False,
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   default_root_dir=tmp_path, num_sanity_val_steps=0)
-    options.update(overrides)
-    return pl.Trainer(**options)
+trainer = quiet_trainer
 
 
 def plain_logps(model, batch) -> torch.Tensor:

@@ -20,3 +20,32 @@ def save_tiny_base(directory: Path, seed: int = 1) -> Path:
     AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# Large initial weights give a random model peaked next-token distributions, so greedy replies are not all one token.
+PEAKED_TINY = dict(TINY, max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.5)
+
+
+def save_peaked_chat_model(directory: Path, seed: int = 0) -> Path:
+    """A tiny random chat model (``PEAKED_TINY``) and the Sparrow tokenizer, saved for inference tests."""
+    import torch
+
+    from lit_factory.model import ModelArgs, build_inference_model, build_tokenizer
+
+    torch.manual_seed(seed)
+    args = ModelArgs(config=dict(PEAKED_TINY), tokenizer=SPARROW)
+    tokenizer = build_tokenizer(args)
+    build_inference_model(args, tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def quiet_trainer(tmp_path, max_steps: int, **overrides):
+    """A CPU float32 Lightning Trainer with no logger, checkpoints, progress bar or sanity check."""
+    import lightning.pytorch as pl
+
+    options = dict(max_steps=max_steps, accelerator="cpu", devices=1, precision="32-true", logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   default_root_dir=tmp_path, num_sanity_val_steps=0)
+    options.update(overrides)
+    return pl.Trainer(**options)
