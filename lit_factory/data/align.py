@@ -4,7 +4,7 @@ The standard row, the only shape the tokenizer step reads::
 
     {
       "messages": [{"role": ..., "content": str}, ...],  # the conversation (see below)
-      "system": str,      # "" when the row has none (the template's default system prompt then applies)
+      "system": str | None,  # None when the row has none (the template's default system prompt then applies)
       "tools": str,       # tool definitions as a JSON string (a list of function schemas), "" when none
       "chosen": str,      # ranking rows: the preferred reply to the last message; "" otherwise
       "rejected": str,    # ranking rows: the dispreferred reply; "" otherwise
@@ -12,16 +12,21 @@ The standard row, the only shape the tokenizer step reads::
       "images": [str], "videos": [str], "audios": [str],  # media paths, carried through (resolved by the stage)
     }
 
-``messages`` alternate a user side (role ``user``, or ``observation`` for a tool result) and an assistant side
-(role ``assistant``, or ``function`` for a tool call whose content is a JSON ``{"name", "arguments"}`` object),
-starting with the user side. Rows to train on end with a non-empty assistant-side message; ranking rows end with a
+``messages`` alternate a user side (role ``user``, or ``observation`` for tool results) and an assistant side
+(role ``assistant``, or ``function`` for tool calls as JSON, see :mod:`lit_factory.data.tool_messages`), starting
+with the user side. Rows to train on end with a non-empty assistant-side message; ranking rows end with a
 user-side message and carry the two candidate replies in ``chosen``/``rejected``.
 
 * alpaca: each ``history`` pair ``[prompt, response]`` becomes an earlier user/assistant exchange; the last user
   message is ``prompt + "\\n" + query`` (just ``prompt`` when the query is empty), as in LLaMA-Factory.
 * sharegpt: messages are mapped through the entry's tags; a leading message with the system tag becomes ``system``.
   Messages already in OpenAI's shape (``role``/``content`` keys, ``tool`` results, ``tool_calls``) are read as
-  such whatever the tags say, so chat-completions data needs no tags.
+  such whatever the tags say, so chat-completions data needs no tags: an assistant message's text is kept next to
+  its ``tool_calls`` (one function message), and consecutive ``tool`` results stay separate results of one
+  observation message, as ``apply_chat_template`` writes them.
+
+The system prompt: a system message is used as written, even when empty (as ``apply_chat_template`` does); an
+empty or missing ``system`` column value means none (``None``: the template's default, as in LLaMA-Factory).
 
 Rows that cannot be aligned (an odd number of turns, roles out of order, an empty response, a missing column value,
 chosen equal to rejected) are dropped; each dataset logs one warning that counts them by reason.
@@ -36,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from lit_factory.data.caching import map_fingerprint
 from lit_factory.data.spec import DatasetSpec
+from lit_factory.data.tool_messages import function_content, observation_content
 from lit_factory.errors import LitFactoryError
 
 if TYPE_CHECKING:
@@ -68,12 +74,12 @@ def align_alpaca(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any] | str
         chosen, rejected = row.get(spec.column("chosen")), row.get(spec.column("rejected"))
         if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen.strip() or not rejected.strip():
             return "empty chosen or rejected response"
-        return _standard(row, spec, messages, chosen=chosen, rejected=rejected)
+        return _standard(row, spec, messages, _text(row, spec, "system") or None, chosen=chosen, rejected=rejected)
     response = row.get(spec.column("response"))
     if not isinstance(response, str) or not response.strip():
         return "empty response"
     messages.append({"role": "assistant", "content": response})
-    return _standard(row, spec, messages)
+    return _standard(row, spec, messages, _text(row, spec, "system") or None)
 
 
 def align_sharegpt(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any] | str:
@@ -83,7 +89,7 @@ def align_sharegpt(row: dict[str, Any], spec: DatasetSpec) -> dict[str, Any] | s
         return "no messages"
     if any(not isinstance(turn, dict) for turn in turns):
         return "a message is not an object"
-    system = _text(row, spec, "system")
+    system = _text(row, spec, "system") or None
     messages = _openai_messages(turns) if _is_openai(turns, spec) else _tagged_messages(turns, spec)
     if isinstance(messages, str):
         return messages
@@ -127,29 +133,32 @@ def _tagged_messages(turns: list[dict], spec: DatasetSpec) -> list[dict[str, Any
 
 
 def _openai_messages(turns: list[dict]) -> list[dict[str, Any]] | str:
-    messages = []
+    messages: list[dict[str, Any]] = []
+    results: list[str] = []  # consecutive tool results: one observation message, each result kept apart
     for index, turn in enumerate(turns):
         role, content = turn.get("role"), _content_text(turn.get("content"))
+        if role in ("tool", "function"):
+            if not isinstance(content, str):
+                return "a message has no content"
+            results.append(content)
+            continue
+        if results:
+            messages.append({"role": "observation", "content": observation_content(results)})
+            results = []
         if role == "system" and index == 0:
             messages.append({"role": "system", "content": content})
         elif role == "assistant" and turn.get("tool_calls"):
-            # One function message per call; several parallel calls become a JSON list, as LLaMA-Factory writes.
             calls = [call.get("function", call) for call in turn["tool_calls"]]
             calls = [{"name": c.get("name"), "arguments": _json_value(c.get("arguments"))} for c in calls]
-            payload = calls[0] if len(calls) == 1 else calls
-            messages.append({"role": "function", "content": json.dumps(payload, ensure_ascii=False)})
+            text = content if isinstance(content, str) else ""
+            messages.append({"role": "function", "content": function_content(calls, text)})
         elif role in OPENAI_ROLES:
             messages.append({"role": OPENAI_ROLES[role], "content": content})
         else:
             return "roles out of order"
-    # Consecutive tool results answer one call: merge them into one observation turn.
-    merged: list[dict[str, Any]] = []
-    for message in messages:
-        if merged and message["role"] == "observation" == merged[-1]["role"]:
-            merged[-1] = {"role": "observation", "content": merged[-1]["content"] + "\n" + message["content"]}
-        else:
-            merged.append(message)
-    return merged
+    if results:
+        messages.append({"role": "observation", "content": observation_content(results)})
+    return messages
 
 
 def _content_text(content: Any) -> Any:
@@ -201,7 +210,7 @@ def _standard(
         media[key] = [str(item) for item in value]
     return {
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-        "system": _text(row, spec, "system") if system is None else system,
+        "system": system,
         "tools": _text(row, spec, "tools"),
         "chosen": chosen,
         "rejected": rejected,
@@ -256,7 +265,7 @@ def align_batch_fn(spec: DatasetSpec):
     """The batched map function that turns raw rows into standard rows plus a skip-reason column."""
     aligner = ALIGNERS[spec.formatting]
     keys = list(standard_features()) + [SKIP_COLUMN]
-    empty = {"messages": [], "system": "", "tools": "", "chosen": "", "rejected": "", "kto_tag": None,
+    empty = {"messages": [], "system": None, "tools": "", "chosen": "", "rejected": "", "kto_tag": None,
              **{key: [] for key in MEDIA}}
 
     def align_batch(batch: dict[str, list]) -> dict[str, list]:

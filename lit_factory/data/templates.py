@@ -15,8 +15,15 @@ assistant header, so the same string followed by nothing is the generation promp
 reference template writes after an assistant's end-of-turn token (Qwen's ``\\n``): a model never has to produce it
 because generation stops at the end-of-turn token, so it carries no loss.
 
-Tool use: a ``function`` message (a tool call, JSON ``{"name", "arguments"}`` or a list of them) renders through
-``function_format`` with each call through ``tool_call_format``; an ``observation`` message (a tool result) through
+The system prompt: ``None`` (a row without one) means the template's ``default_system``; any string, the empty
+one included, is written as given, as ``apply_chat_template`` writes a system message (Qwen writes an empty system
+block rather than its default). Families whose reference strips message text (``| trim``) list the roles in
+``trim``; falcon's also rewrites blank lines (``content_replacements``).
+
+Tool use: a ``function`` message (tool calls, with any text the assistant wrote before them; see
+:mod:`lit_factory.data.tool_messages`) renders through ``function_format``: the text, then each call through
+``tool_call_format``, newline-separated; it is loss-bearing as a whole. An ``observation`` message (the tool results
+answering one assistant turn) renders each result through ``tool_result_format``, newline-separated, inside
 ``observation_format`` (which, like ``user_format``, ends with the assistant header). Tool definitions are appended
 to the system prompt through ``tools_format``. Families whose system prompt lives inside the first user message
 (Llama 2, Gemma) set ``system_in_user``.
@@ -34,6 +41,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from lit_factory.data.tool_messages import read_function, read_observation
 from lit_factory.errors import LitFactoryError
 
 if TYPE_CHECKING:
@@ -68,12 +76,18 @@ class Template:
         default_system: the system prompt used when a conversation brings none.
         stop_words: strings that end a generated reply besides the tokenizer's eos.
         model_types: Hugging Face ``config.model_type`` values this template is the default for.
-        observation_format: a tool-result turn (defaults to ``user_format``).
+        observation_format: a tool-result turn (defaults to ``user_format``); ``{content}`` is its results.
+        tool_result_format: one tool result inside ``observation_format`` (Qwen: a ``<tool_response>`` block).
         function_format: a tool-call reply, loss-bearing (defaults to ``assistant_format``).
         tool_call_format: one call inside ``function_format``; ``{content}`` is ``{"name": .., "arguments": ..}``.
         tools_format: appended to the system prompt when a conversation has tools; ``{content}`` is one JSON tool
             definition per line.
-        system_in_user: the system block goes at the start of the first user message, inside ``user_format``.
+        system_in_user: the system block goes at the start of the first user message, inside ``user_format``
+            (with ``trim``, the block and that message are stripped together, as the references do).
+        trim: roles (``system``, ``user``, ``assistant``, ``observation``, ``function``) whose text is stripped of
+            surrounding whitespace, where the reference template applies ``| trim``.
+        content_replacements: ``[old, new]`` pairs applied in order to every message but the system prompt, before
+            trimming (falcon's reference turns blank lines into single newlines).
         detect: strings that all appear in a tokenizer's chat template (or added tokens) when this is its family;
             ``auto`` tries templates with more markers first.
     """
@@ -89,9 +103,12 @@ class Template:
     model_types: tuple[str, ...] = ()
     observation_format: str | None = None
     function_format: str | None = None
+    tool_result_format: str = "{content}"
     tool_call_format: str = "{content}"
     tools_format: str = DEFAULT_TOOLS_FORMAT
     system_in_user: bool = False
+    trim: tuple[str, ...] = ()
+    content_replacements: tuple[tuple[str, str], ...] = ()
     detect: tuple[str, ...] = ()
 
     def render_turns(
@@ -101,8 +118,8 @@ class Template:
         """Render a finished conversation as one ``(prompt, response, separator)`` text triple per exchange.
 
         ``messages`` alternate user-side/assistant-side and end with an assistant-side message; a leading
-        ``system`` message is used as the system prompt when ``system`` is not given. An empty system prompt falls
-        back to ``default_system`` (as LLaMA-Factory does). The first prompt also holds the prefix and the system
+        ``system`` message is used as the system prompt when ``system`` is None. ``system=None`` means
+        ``default_system``; ``""`` is an empty system prompt, written as such. The first prompt also holds the prefix and the system
         block. ``tools`` is a JSON list of tool definitions ("" for none).
         """
         messages, system = _split_system(messages, system)
@@ -153,39 +170,52 @@ class Template:
               eos_token: str) -> str:
         """A user-side turn; the ``first`` also carries the prefix and the system block."""
         fmt = self.user_format
-        if message["role"] == "observation" and self.observation_format is not None:
-            fmt = self.observation_format
-        content = message["content"]
+        if message["role"] == "observation":
+            fmt = self.observation_format if self.observation_format is not None else self.user_format
+            content = "\n".join(self._fill(self.tool_result_format, self._text(result, "observation"), "", "")
+                                 for result in read_observation(message["content"]))
+        else:
+            content = self._text(message["content"], message["role"])
         if not first:
             return self._fill(fmt, content, bos_token, eos_token)
         header = self._fill(self.prefix, "", bos_token, eos_token)
-        system = (system or self.default_system) + self._tools(tools)
-        block = self._fill(self.system_format, system, bos_token, eos_token) if system else ""
+        written = system is not None  # an explicit system prompt, even "", gets its block (as the references do)
+        system = self._text(self.default_system if system is None else system, "system", replace=False)
+        system += self._tools(tools)
+        block = self._fill(self.system_format, system, bos_token, eos_token) if system or written else ""
         if self.system_in_user:
-            return header + self._fill(fmt, block + content, bos_token, eos_token)
+            if message["role"] in self.trim:  # the references trim the block and the first message as one string
+                content = (block + self._text(message["content"], "", replace=True)).strip()
+            else:
+                content = block + content
+            return header + self._fill(fmt, content, bos_token, eos_token)
         return header + block + self._fill(fmt, content, bos_token, eos_token)
+
+    def _text(self, text: str, role: str, replace: bool = True) -> str:
+        """A message's text as the reference writes it: replacements, then ``trim`` for the roles it lists."""
+        if replace:
+            for old, new in self.content_replacements:
+                text = text.replace(old, new)
+        return text.strip() if role in self.trim else text
 
     def _assistant(self, message: Message, bos_token: str, eos_token: str) -> str:
         if message["role"] != "function":
-            return self._fill(self.assistant_format, message["content"], bos_token, eos_token)
+            return self._fill(self.assistant_format, self._text(message["content"], "assistant"), bos_token,
+                              eos_token)
         fmt = self.function_format if self.function_format is not None else self.assistant_format
         return self._fill(fmt, self._tool_calls(message["content"]), bos_token, eos_token)
 
     def _tool_calls(self, content: str) -> str:
-        """A function message's JSON as this family writes calls; content that is not JSON is kept as written."""
-        try:
-            calls = json.loads(content)
-        except json.JSONDecodeError:
+        """A function message as this family writes it: the assistant's text, then one line per call (content that
+        is not tool calls in JSON is kept as written)."""
+        parsed = read_function(content)
+        if parsed is None:
             return content
-        calls = calls if isinstance(calls, list) else [calls]
-        if not all(isinstance(call, dict) and "name" in call for call in calls):
-            return content
+        text, calls = parsed
         # The key order and spacing of transformers' `tojson` (Qwen and friends write calls this way).
-        texts = [
-            json.dumps({"name": call["name"], "arguments": call.get("arguments", {})}, ensure_ascii=False)
-            for call in calls
-        ]
-        return "\n".join(self._fill(self.tool_call_format, text, "", "") for text in texts)
+        texts = [json.dumps(call, ensure_ascii=False) for call in calls]
+        written = [self._text(text, "function")] if text else []
+        return "\n".join(written + [self._fill(self.tool_call_format, call, "", "") for call in texts])
 
     def _tools(self, tools: str) -> str:
         if not tools:
@@ -317,10 +347,19 @@ def _load_template(path: str) -> Template:
     if unknown:
         raise LitFactoryError(f"{path}: unknown field(s) {unknown}. Fix: use only {sorted(_FIELDS - {'name'})}.")
     for key in ("user_format", "assistant_format", "system_format", "observation_format", "function_format",
-                "tool_call_format", "tools_format"):
+                "tool_call_format", "tool_result_format", "tools_format"):
         if raw.get(key) is not None and "{content}" not in str(raw[key]):
             raise LitFactoryError(f"{path}: field {key!r} has no {{content}} placeholder. Fix: add it.")
     raw.setdefault("name", Path(path).stem)
-    for key in ("stop_words", "model_types", "detect"):
+    for key in ("stop_words", "model_types", "detect", "trim"):
         raw[key] = tuple(raw.get(key) or ())
+    roles = {"system", "user", "assistant", "observation", "function"}
+    if not set(raw["trim"]) <= roles:
+        raise LitFactoryError(f"{path}: field 'trim' lists {sorted(set(raw['trim']) - roles)}. Fix: use roles of "
+                              f"{sorted(roles)}.")
+    pairs = raw.get("content_replacements") or []
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+        raise LitFactoryError(f"{path}: field 'content_replacements' must be a list of [old, new] string pairs. "
+                              "Fix: e.g. [[\"\\r\\n\", \"\\n\"]].")
+    raw["content_replacements"] = tuple(tuple(pair) for pair in pairs)
     return Template(**raw)

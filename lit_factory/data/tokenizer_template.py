@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lit_factory.data.templates import Message, _split_system
+from lit_factory.data.tool_messages import read_function, read_observation
 from lit_factory.errors import LitFactoryError
 
 
@@ -38,39 +39,40 @@ class TokenizerTemplate:
         )
         return rendered[0]
 
-    def _openai(self, messages: list[Message], system: str | None) -> list[dict]:
+    def _openai(self, messages: list[Message], system: str | None) -> list[list[dict]]:
+        """Our messages as OpenAI messages, grouped by turn: ``[[system]]`` (when there is one), then one group per
+        message (an observation with several results is several ``tool`` messages)."""
         messages, system = _split_system(messages, system)
-        converted: list[dict] = [{"role": "system", "content": system}] if system else []
+        groups: list[list[dict]] = [[{"role": "system", "content": system}]] if system is not None else []
         for message in messages:
             if message["role"] == "function":
-                try:
-                    calls = json.loads(message["content"])
-                except json.JSONDecodeError:
+                parsed = read_function(message["content"])
+                if parsed is None:
                     raise LitFactoryError(
                         "template 'tokenizer': a function (tool call) message is not JSON: "
                         f"{message['content'][:60]!r}. Fix: write tool calls as {{\"name\": .., \"arguments\": ..}}."
-                    ) from None
-                calls = calls if isinstance(calls, list) else [calls]
+                    )
+                text, calls = parsed
                 tool_calls = [{"type": "function", "function": call} for call in calls]
-                converted.append({"role": "assistant", "content": "", "tool_calls": tool_calls})
+                groups.append([{"role": "assistant", "content": text, "tool_calls": tool_calls}])
             elif message["role"] == "observation":
-                converted.append({"role": "tool", "content": message["content"]})
+                groups.append([{"role": "tool", "content": result} for result in read_observation(message["content"])])
             else:
-                converted.append(dict(message))
-        return converted
+                groups.append([dict(message)])
+        return groups
 
     def render_turns(
         self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = "",
         tools: str = "",
     ) -> list[tuple[str, str, str]]:
         """See :meth:`Template.render_turns`."""
-        converted = self._openai(messages, system)
-        offset = 1 if converted and converted[0]["role"] == "system" else 0
+        groups = self._openai(messages, system)
+        offset = 1 if groups and groups[0][0]["role"] == "system" else 0
         tool_list = json.loads(tools) if tools else None
         turns, done = [], ""
-        for end in range(offset + 1, len(converted) + 1, 2):
-            with_prompt = self._render(converted[:end], True, bos_token, eos_token, tool_list)
-            full = self._render(converted[: end + 1], False, bos_token, eos_token, tool_list)
+        for end in range(offset + 1, len(groups) + 1, 2):
+            with_prompt = self._render(_flat(groups[:end]), True, bos_token, eos_token, tool_list)
+            full = self._render(_flat(groups[: end + 1]), False, bos_token, eos_token, tool_list)
             if not with_prompt.startswith(done) or not full.startswith(with_prompt):
                 raise LitFactoryError(
                     "template 'tokenizer': the tokenizer's chat_template does not render a conversation as the "
@@ -93,5 +95,9 @@ class TokenizerTemplate:
     def render_prompt(self, messages: list[Message], system: str | None = None, bos_token: str = "",
                       eos_token: str = "", tools: str = "") -> str:
         """See :meth:`Template.render_prompt`."""
-        return self._render(self._openai(messages, system), True, bos_token, eos_token,
+        return self._render(_flat(self._openai(messages, system)), True, bos_token, eos_token,
                             json.loads(tools) if tools else None)
+
+
+def _flat(groups: list[list[dict]]) -> list[dict]:
+    return [message for group in groups for message in group]
