@@ -2,19 +2,27 @@
 mask covers exactly the assistant replies (found from the reference alone, by rendering growing prefixes).
 
 Known reference differences, each handled in REFERENCES below and explained in the family's YAML:
-* the references `trim` messages: our test messages have no surrounding whitespace (we keep messages as written).
 * amberchat, chatqa, falcon, solar: the reference ends a reply with no end-of-turn token; we write eos so the model
   learns to stop, so these compare with eos_token="".
 * gemma: the reference omits the bos token the official template writes (compared with bos_token="").
-* falcon: the reference turns "\\n\\n" inside messages into "\\n"; the messages are given without "\\n\\n".
 * mistral, gemma, phi (phi-3-mini), saiga, vicuna, granite: the reference accepts a system message where the
   official template refuses it or adds a default one; we follow the reference (no default system prompt).
+
+Odd reference behaviours we follow (the property test over random dialogues checks each of them):
+* most references strip each message (`| trim`); openchat strips only the system prompt; qwen and granite strip
+  nothing (blank and padded messages are written as they are).
+* an explicitly empty system message is written as an empty system block (qwen: no default prompt then).
+* llama2 and gemma strip the system block and the first user message as one string: with a system prompt the user
+  message keeps its leading whitespace, and gemma's empty system block ("\\n\\n") disappears entirely.
+* falcon rewrites CRLF to LF and then blank lines to single newlines in one left-to-right pass (three newlines
+  become two), in every message but the system prompt.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from dialogues import dialogues
 from lit_factory.data.templates import available_templates, get_template
 
 TWO_TURNS = [
@@ -54,11 +62,7 @@ REFERENCES = {
 
 
 def messages_for(family: str, case: str) -> list[dict[str, str]]:
-    messages = [dict(m) for m in CASES[case]]
-    if family == "falcon":
-        for message in messages:
-            message["content"] = message["content"].replace("\n\n", "\n")
-    return messages
+    return [dict(m) for m in CASES[case]]
 
 
 def test_at_least_30_families_and_all_load():
@@ -93,3 +97,37 @@ def test_rendering_and_loss_mask_match_reference_jinja(family, case, render_refe
     assert len(loss_segments) == len(replies)
     for ours, reply in zip(loss_segments, replies):
         assert reply.startswith(ours) and not reply[len(ours):].strip(), (ours, reply)
+
+
+def reference_reply_spans(render, reference: str, messages: list[dict], **tokens: str) -> list[tuple[int, int]]:
+    """Where each assistant reply lies in the reference rendering, found from the reference alone: what rendering the
+    message adds after the generation prompt, minus the whitespace after it (never generated, so no loss)."""
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            before = render(reference, messages[:index], add_generation_prompt=True, **tokens)
+            after = render(reference, messages[: index + 1], **tokens)
+            assert after.startswith(before)
+            spans.append((len(before), len(before) + len(after[len(before):].rstrip())))
+    return spans
+
+
+@pytest.mark.parametrize("family", REFERENCES)
+def test_random_dialogues_render_and_mask_like_the_reference(family, render_reference_template):
+    """150 seeded dialogues per family (empty/blank systems, padded and blank messages, CRLF, non-ASCII, other
+    families' markers inside messages, 1-3 exchanges): same text, same generation prompt, and the loss-bearing
+    pieces at exactly the reference's reply positions."""
+    reference, tokens = REFERENCES[family]
+    template = get_template(family)
+    for messages in dialogues(seed=12, count=150):
+        segments = template.render(messages, **tokens)
+        assert "".join(text for text, _ in segments) == render_reference_template(reference, messages, **tokens), \
+            messages
+        spans, position = [], 0
+        for text, is_loss in segments:
+            if is_loss:
+                spans.append((position, position + len(text)))
+            position += len(text)
+        assert spans == reference_reply_spans(render_reference_template, reference, messages, **tokens), messages
+        assert template.render_prompt(messages[:-1], **tokens) == render_reference_template(
+            reference, messages[:-1], add_generation_prompt=True, **tokens), messages

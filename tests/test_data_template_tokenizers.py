@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from dialogues import dialogues
 from lit_factory.data.templates import detect_template_name, get_template
 from lit_factory.data.tokenize import IGNORE_INDEX, encode_supervised
 from lit_factory.errors import LitFactoryError
@@ -20,13 +21,6 @@ TWO_TURNS = [
 ]
 SYSTEM = {"role": "system", "content": "You are a careful math tutor."}
 CASES = {"single": TWO_TURNS[:2], "multi": TWO_TURNS, "multi_system": [SYSTEM, *TWO_TURNS]}
-
-
-@pytest.fixture(scope="module")
-def mistral_tokenizer(shared_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(shared_dir / "tokenizers" / "mistral-7b-instruct-v0.1"))
 
 
 def reference_ids(tokenizer, messages) -> list[int]:
@@ -86,3 +80,49 @@ def test_auto_selects_by_chat_template_then_model_type(mistral_tokenizer, shared
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "baichuan"}))
     assert detect_template_name(SimpleNamespace(chat_template=None, name_or_path=str(tmp_path))) == "baichuan2"
     assert detect_template_name(SimpleNamespace(chat_template=None, name_or_path="")) == "default"
+
+
+def reference_labels(tokenizer, messages) -> list[int]:
+    """Labels from apply_chat_template alone: a token carries loss when it starts inside an assistant reply, the text
+    that rendering the reply adds after the generation prompt, minus the whitespace after it (never generated).
+    (A token that starts in the header and runs into the reply, e.g. Qwen's "\\n\\n" before a reply that starts
+    with a newline, belongs to the header.)"""
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+            after = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+            assert after.startswith(before)
+            spans.append((len(before), len(before) + len(after[len(before):].rstrip())))
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+            for token, (begin, _) in zip(encoded["input_ids"], encoded["offset_mapping"])]
+
+
+@pytest.mark.parametrize("family", ["qwen", "mistral"])
+def test_random_dialogues_ids_and_labels_equal_apply_chat_template(family, request):
+    """100 seeded dialogues (see tests/dialogues.py: empty/blank systems, padded messages, non-ASCII, other
+    families' control tokens inside messages, 1-3 exchanges) through the real tokenizers, token for token."""
+    tokenizer = request.getfixturevalue(f"{family}_tokenizer")
+    template = get_template(family)
+    loss_tokens = 0
+    for messages in dialogues(seed=4, count=100):
+        ids, labels = encode_supervised(messages, tokenizer, template, cutoff_len=10**6)
+        assert ids == reference_ids(tokenizer, messages), messages
+        assert labels == reference_labels(tokenizer, messages), messages
+        loss_tokens += sum(label != IGNORE_INDEX for label in labels)
+    assert loss_tokens > 1000
+
+
+def test_qwen_explicit_empty_system_is_an_empty_block_not_the_default(qwen_tokenizer):
+    dialogue = TWO_TURNS[:2]
+    empty = [{"role": "system", "content": ""}, *dialogue]
+    template = get_template("qwen")
+    ids, _ = encode_supervised(empty, qwen_tokenizer, template, 4096)
+    assert ids == reference_ids(qwen_tokenizer, empty)
+    assert encode_supervised(dialogue, qwen_tokenizer, template, 4096, system="")[0] == ids
+    default_ids, _ = encode_supervised(dialogue, qwen_tokenizer, template, 4096)  # no system: Qwen's default
+    assert default_ids == reference_ids(qwen_tokenizer, dialogue)
+    assert qwen_tokenizer.decode(ids[:5]) == "<|im_start|>system\n<|im_end|>\n"
+    assert len(default_ids) - len(ids) == len(qwen_tokenizer.encode(template.default_system))

@@ -93,15 +93,26 @@ def _error(status: int, message: str, kind: str, code: Optional[str] = None) -> 
 def conversation(request: ChatCompletionRequest) -> tuple[list[dict[str, str]], Optional[str]]:
     """The request's messages as template messages plus the system prompt (leading system messages joined).
 
-    OpenAI's assistant ``tool_calls`` become a ``function`` message (JSON ``[{"name", "arguments"}]``) and ``tool``
-    results an ``observation`` message (consecutive results joined by newlines), the roles our templates render.
+    OpenAI's assistant ``tool_calls`` become a ``function`` message (with the assistant's text, if any) and
+    consecutive ``tool`` results one ``observation`` message that keeps each result apart (see
+    :mod:`lit_factory.data.tool_messages`), the roles our templates render. An empty system message is a system
+    prompt of its own (as ``apply_chat_template`` renders it); no system message means the template's default.
     """
+    from lit_factory.data.tool_messages import function_content, observation_content
+
     system_parts = []
     messages = list(request.messages)
     while messages and messages[0].role == "system":
         system_parts.append(messages.pop(0).text())
     converted: list[dict[str, str]] = []
+    results: list[str] = []
     for message in messages:
+        if message.role == "tool":
+            results.append(message.text())
+            continue
+        if results:
+            converted.append({"role": "observation", "content": observation_content(results)})
+            results = []
         if message.role == "assistant" and message.tool_calls:
             calls = []
             for call in message.tool_calls:
@@ -111,15 +122,12 @@ def conversation(request: ChatCompletionRequest) -> tuple[list[dict[str, str]], 
                     raise LitFactoryError(f"messages: tool call {call.function.name!r} has arguments that are not "
                                           "JSON. Fix: send the arguments as a JSON string.") from None
                 calls.append({"name": call.function.name, "arguments": arguments})
-            converted.append({"role": "function", "content": json.dumps(calls, ensure_ascii=False)})
-        elif message.role == "tool":
-            if converted and converted[-1]["role"] == "observation":
-                converted[-1]["content"] += "\n" + message.text()
-            else:
-                converted.append({"role": "observation", "content": message.text()})
+            converted.append({"role": "function", "content": function_content(calls, message.text())})
         else:
             converted.append({"role": message.role, "content": message.text()})
-    return converted, ("\n".join(system_parts) or None)
+    if results:
+        converted.append({"role": "observation", "content": observation_content(results)})
+    return converted, ("\n".join(system_parts) if system_parts else None)
 
 
 def create_app(
