@@ -213,3 +213,51 @@ def test_invalid_json_line_names_file_line_and_entry(tmp_path):
     with pytest.raises(LitFactoryError, match=r"d\.jsonl: could not be read as json \(line 2: Expecting value; "
                                               r"entry 'd'\)\. Fix:"):
         load_dataset_file(get_dataset_spec("d", tmp_path))
+
+
+def test_openai_tool_calls_keep_the_assistant_text_and_each_result():
+    spec = spec_of({"file_name": "x.json", "formatting": "sharegpt", "columns": {"messages": "messages"}})
+    add = {"type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    row = {"messages": [
+        {"role": "user", "content": "1+1, twice?"},
+        {"role": "assistant", "content": "Two calls.", "tool_calls": [add, add]},
+        {"role": "tool", "content": "2"}, {"role": "tool", "content": "2."},
+        {"role": "assistant", "content": "2 both times."},
+    ]}
+    messages = align_sharegpt(row, spec)["messages"]
+    assert [m["role"] for m in messages] == ["user", "function", "observation", "assistant"]
+    assert json.loads(messages[1]["content"]) == {
+        "content": "Two calls.", "tool_calls": [{"name": "add", "arguments": {"a": 1}}] * 2}
+    assert json.loads(messages[2]["content"]) == {"tool_results": ["2", "2."]}
+    # Without text, calls are written as LLaMA-Factory writes them: one object, or a list.
+    row["messages"][1] = {"role": "assistant", "content": None, "tool_calls": [add]}
+    assert json.loads(align_sharegpt(row, spec)["messages"][1]["content"]) == {"name": "add", "arguments": {"a": 1}}
+
+
+def test_empty_system_message_is_kept_and_empty_system_column_means_the_default(tmp_path, qwen_tokenizer):
+    """A system message is used as written, even empty (as apply_chat_template renders it); an empty system column
+    means none, so the template's default applies (as in LLaMA-Factory)."""
+    dialogue = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    folder = write_data(tmp_path, {
+        "openai": {"file_name": "openai.json", "formatting": "sharegpt", "columns": {"messages": "messages"}},
+        "tagged": {"file_name": "tagged.json", "formatting": "sharegpt"},
+        "alpaca": {"file_name": "alpaca.json", "columns": {"system": "system"}},
+    }, {
+        "openai.json": [{"messages": [{"role": "system", "content": ""}, *dialogue]}],
+        "tagged.json": [{"conversations": [{"from": "system", "value": ""}, {"from": "human", "value": "Hi"},
+                                           {"from": "gpt", "value": "Hello!"}]}],
+        "alpaca.json": [{"instruction": "Hi", "output": "Hello!", "system": ""}],
+    })
+
+    def ids(name):
+        module = DataModule(name, dataset_dir=str(folder), tokenizer=qwen_tokenizer, template="qwen", shuffle=False)
+        module.setup("fit")
+        return module.train_set[0]["input_ids"]
+
+    def reference(messages):
+        out = qwen_tokenizer.apply_chat_template(messages, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    empty_system = reference([{"role": "system", "content": ""}, *dialogue])
+    assert ids("openai") == ids("tagged") == empty_system
+    assert ids("alpaca") == reference(dialogue) != empty_system

@@ -176,7 +176,8 @@ def test_custom_template_file(tmp_path):
     assert text == "### Q: What is 2 + 2?\n### A: 2 + 2 = 4.</s>\n"
 
 
-@pytest.mark.parametrize("dataset", ["alpaca_en_demo", "alpaca_zh_demo", "identity", "glaive_toolcall_en_demo"])
+@pytest.mark.parametrize("dataset", ["alpaca_en_demo", "alpaca_zh_demo", "identity", "glaive_toolcall_en_demo",
+                                     "glaive_toolcall_zh_demo"])
 def test_demo_data_ids_match_apply_chat_template(dataset, qwen_tokenizer, peer_data_dir):
     """Piece-by-piece tokenisation equals tokenising the whole rendering, on real data (first 100 rows)."""
     from lit_factory.data.align import align_dataset
@@ -188,7 +189,7 @@ def test_demo_data_ids_match_apply_chat_template(dataset, qwen_tokenizer, peer_d
     rows = align_dataset(raw.select(range(min(100, len(raw)))), spec)
     template = get_template("qwen")
     for row in rows:
-        system = [{"role": "system", "content": row["system"]}] if row["system"] else []
+        system = [{"role": "system", "content": row["system"]}] if row["system"] is not None else []
         input_ids, labels = encode_supervised(row["messages"], qwen_tokenizer, template, 10**6, system=row["system"],
                                               tools=row["tools"])
         tools = json.loads(row["tools"]) if row["tools"] else None

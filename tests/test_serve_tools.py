@@ -128,3 +128,25 @@ def test_tool_history_renders_as_function_and_observation_turns(serve_scripted) 
          {"role": "observation", "content": "sunny, 21 C"}], tools=json.dumps([WEATHER]))
     assert engine.prompts[-1] == expected
     assert "<tool_response>\nsunny, 21 C\n</tool_response>" in expected
+
+
+def test_tool_history_with_text_parallel_calls_and_empty_system_equals_apply_chat_template(serve_scripted,
+                                                                                        qwen_tokenizer) -> None:
+    engine = ScriptedEngine("Sunny in Paris, rainy in Rome.")
+    api = serve_scripted(engine)
+    calls = [{"name": "get_weather", "arguments": {"city": city}} for city in ("Paris", "Rome")]
+    messages = [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Checking both.", "tool_calls": [
+            {"id": f"call_{i}", "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}} for i, c in enumerate(calls)]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "rainy"},
+    ]
+    api.chat.completions.create(model="scripted", messages=messages, tools=[WEATHER])
+    reference = [*messages[:2], {"role": "assistant", "content": "Checking both.",
+                                 "tool_calls": [{"type": "function", "function": c} for c in calls]},
+                 {"role": "tool", "content": "sunny"}, {"role": "tool", "content": "rainy"}]
+    assert engine.prompts[-1] == qwen_tokenizer.apply_chat_template(
+        reference, tools=[WEATHER], add_generation_prompt=True, tokenize=False)
