@@ -150,3 +150,12 @@ def test_tool_history_with_text_parallel_calls_and_empty_system_equals_apply_cha
                  {"role": "tool", "content": "sunny"}, {"role": "tool", "content": "rainy"}]
     assert engine.prompts[-1] == qwen_tokenizer.apply_chat_template(
         reference, tools=[WEATHER], add_generation_prompt=True, tokenize=False)
+
+
+def test_text_before_the_calls_comes_back_as_content(serve_scripted) -> None:
+    text = "Let me check.\n" + template_written_calls("qwen", CALLS[:1])
+    api = serve_scripted(ScriptedEngine(text))
+    choice = api.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Weather?"}],
+                                         tools=[WEATHER]).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]

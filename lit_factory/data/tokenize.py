@@ -109,7 +109,7 @@ def encode_supervised(
         template: the chat format.
         cutoff_len: the most tokens to keep (see the module doc for what is cut).
         train_on_prompt: put the loss on every token, prompts included.
-        system: the system prompt; empty or None means the template's default.
+        system: the system prompt; None means the template's default ("" is an empty system prompt, written as such).
         tools: tool definitions (JSON list) shown to the model, "" for none.
         mask_history: loss on the last reply only (earlier replies are context).
     """

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lit_factory.errors import LitFactoryError
-from lit_factory.infer.tool_calls import parse_tool_calls
+from lit_factory.infer.tool_calls import parse_tool_calls, text_besides_tool_calls
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -200,7 +200,8 @@ def create_app(
                 return {"role": "assistant", "content": text}, finish_reason
             tool_calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": call}
                           for call in calls]
-            return {"role": "assistant", "content": None, "tool_calls": tool_calls}, "tool_calls"
+            content = text_besides_tool_calls(engine.template, text) or None
+            return {"role": "assistant", "content": content, "tool_calls": tool_calls}, "tool_calls"
 
         if not completion.stream:
             reply = await run_in_threadpool(engine.chat, messages, system, stop, tools, **overrides)

@@ -3,7 +3,8 @@
 A template writes one call as ``tool_call_format`` with ``{content}`` = ``{"name": ..., "arguments": {...}}`` (Qwen:
 ``<tool_call>\\n{content}\\n</tool_call>``); the reply of a model trained on it is parsed by finding that wrapper and
 reading the JSON inside. A template whose wrapper is bare ``{content}`` counts a reply as calls only when the whole
-reply is such JSON (one object or a list). Anything else is plain content.
+reply is such JSON (one object or a list). Anything else is plain content; text a model writes before its calls
+(templates train it to, e.g. Qwen's "Let me check.\\n<tool_call>...") is the reply's content.
 """
 
 from __future__ import annotations
@@ -37,3 +38,11 @@ def parse_tool_calls(template: Any, text: str) -> Optional[list[dict[str, str]]]
                           "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments,
                                                                                                ensure_ascii=False)})
     return calls or None
+
+
+def text_besides_tool_calls(template: Any, text: str) -> str:
+    """The reply's text outside its tool-call wrappers (what the model said next to its calls), stripped."""
+    prefix, _, suffix = (getattr(template, "tool_call_format", None) or "{content}").partition("{content}")
+    if not (prefix or suffix):
+        return ""  # the whole reply is the calls
+    return re.sub(re.escape(prefix) + r".*?" + re.escape(suffix), "", text, flags=re.DOTALL).strip()
