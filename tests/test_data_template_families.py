@@ -131,3 +131,13 @@ def test_random_dialogues_render_and_mask_like_the_reference(family, render_refe
         assert spans == reference_reply_spans(render_reference_template, reference, messages, **tokens), messages
         assert template.render_prompt(messages[:-1], **tokens) == render_reference_template(
             reference, messages[:-1], add_generation_prompt=True, **tokens), messages
+
+
+def test_generated_dialogues_cover_the_hard_cases():
+    generated = dialogues(seed=12, count=150)
+    systems = [m[0]["content"] for m in generated if m[0]["role"] == "system"]
+    texts = [message["content"] for messages in generated for message in messages]
+    assert "" in systems and any(s and not s.strip() for s in systems)
+    assert sum(len(m) > 3 for m in generated) > 50  # multi-turn
+    assert any(t != t.strip() for t in texts) and any("\r\n" in t for t in texts) and any("\n\n\n" in t for t in texts)
+    assert any("数据" in t for t in texts) and any("<|im_end|>" in t for t in texts) and any("[INST]" in t for t in texts)

@@ -163,6 +163,14 @@ def test_template_errors_name_the_problem(tmp_path):
     no_content.write_text("user_format: 'User:'\n")
     with pytest.raises(LitFactoryError, match=r"no_content\.yaml: field 'user_format' has no \{content\}"):
         get_template(str(no_content))
+    bad_trim = tmp_path / "bad_trim.yaml"
+    bad_trim.write_text("trim: [system, reply]\n")
+    with pytest.raises(LitFactoryError, match=r"bad_trim\.yaml: field 'trim' lists \['reply'\]"):
+        get_template(str(bad_trim))
+    bad_pairs = tmp_path / "bad_pairs.yaml"
+    bad_pairs.write_text("content_replacements: [a, b]\n")
+    with pytest.raises(LitFactoryError, match=r"bad_pairs\.yaml: field 'content_replacements' must be a list"):
+        get_template(str(bad_pairs))
     with pytest.raises(LitFactoryError, match="expected 'assistant'"):
         get_template("qwen").render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
 

@@ -30,7 +30,7 @@ def _segments_html(segments: list[tuple[str, bool]]) -> str:
 
 def render_row(row: dict[str, Any], template: Any, bos: str, eos: str) -> list[tuple[str, bool]]:
     """One aligned row as ``(text, is_loss_bearing)`` segments; ranking rows show chosen (loss) then rejected."""
-    messages, system = row.get("messages") or [], row.get("system") or None
+    messages, system = row.get("messages") or [], row.get("system")  # None: the template's default
     if row.get("chosen") is not None and messages and messages[-1].get("role") == "user":
         chosen = template.render([*messages, {"role": "assistant", "content": str(row["chosen"])}], system, bos, eos)
         rejected = template.render([*messages, {"role": "assistant", "content": str(row["rejected"])}], system, bos, eos)
