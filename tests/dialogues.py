@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-WORDS = ["hello", "world", "2 + 2 = 4", "naïve café", "数据", "東京", "привет", "مرحبا", "😀", "👩‍💻", "e\u0301",
-         "{content}", "{eos}", "x=1;", "```py", "«quote»"]
+WORDS = ["hello", "world", "2 + 2 = 4", "naïve café", "数据", "東京", "привет", "مرحبا", "😀", "👩\u200d💻",
+         "e\u0301", "{content}", "{eos}", "x=1;", "```py", "«quote»"]
 # Control text of the families under test, written inside messages.
 MARKERS = ["<|im_start|>", "<|im_end|>", "[INST]", "[/INST]", "</s>", "<s>", "<|eot_id|>", "<end_of_turn>",
            "### Response:", "<|end|>", "<<SYS>>", "USER:", "\n\nUser:", "<|endoftext|>", "<tool_call>"]

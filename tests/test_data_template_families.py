@@ -140,4 +140,4 @@ def test_generated_dialogues_cover_the_hard_cases():
     assert "" in systems and any(s and not s.strip() for s in systems)
     assert sum(len(m) > 3 for m in generated) > 50  # multi-turn
     assert any(t != t.strip() for t in texts) and any("\r\n" in t for t in texts) and any("\n\n\n" in t for t in texts)
-    assert any("数据" in t for t in texts) and any("<|im_end|>" in t for t in texts) and any("[INST]" in t for t in texts)
+    assert all(any(needle in t for t in texts) for needle in ("数据", "<|im_end|>", "[INST]", "</s>"))

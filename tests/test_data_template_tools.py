@@ -14,8 +14,9 @@ from lit_factory.data.datamodule import DataModule
 from lit_factory.data.tokenize import IGNORE_INDEX
 from lit_factory.data.tool_messages import observation_content, read_observation
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 def call(name: str, arguments: dict) -> dict:

@@ -119,8 +119,8 @@ class Template:
 
         ``messages`` alternate user-side/assistant-side and end with an assistant-side message; a leading
         ``system`` message is used as the system prompt when ``system`` is None. ``system=None`` means
-        ``default_system``; ``""`` is an empty system prompt, written as such. The first prompt also holds the prefix and the system
-        block. ``tools`` is a JSON list of tool definitions ("" for none).
+        ``default_system``; ``""`` is an empty system prompt, written as such. The first prompt also holds the
+        prefix and the system block. ``tools`` is a JSON list of tool definitions ("" for none).
         """
         messages, system = _split_system(messages, system)
         if len(messages) % 2 != 0:
@@ -185,7 +185,7 @@ class Template:
         block = self._fill(self.system_format, system, bos_token, eos_token) if system or written else ""
         if self.system_in_user:
             if message["role"] in self.trim:  # the references trim the block and the first message as one string
-                content = (block + self._text(message["content"], "", replace=True)).strip()
+                content = (block + self._text(message["content"], "", replace=True)).strip()  # "": strip below
             else:
                 content = block + content
             return header + self._fill(fmt, content, bos_token, eos_token)
