@@ -1,5 +1,5 @@
 """Train mode during fit: a pre-trained model (loaded in eval mode) trains with dropout and gradient checkpointing
-on, validates in eval mode, and a DPO reference stays in eval; checkpointing saves activation memory (counted as
+on, validates in eval mode, and DPO and PPO reference (and reward) passes score in eval mode; checkpointing saves activation memory (counted as
 bytes of tensors kept for backward, so the check is deterministic)."""
 
 from functools import partial
@@ -146,3 +146,28 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_fewer_activations(ba
     assert plain.layer_calls == 2  # one forward per step
     assert checkpointed.layer_calls == 4  # forward, then again in backward
     assert checkpointed.bytes < 0.6 * plain.bytes, (checkpointed.bytes, plain.bytes)
+
+
+def test_ppo_reference_and_reward_score_in_eval_mode_while_the_policy_trains(dropout_base_dir, tmp_path):
+    from lit_factory.stages import PPO, RewardModel
+    from test_stages_preference import Batches, pairwise_batch
+
+    reward = RewardModel(ModelArgs(path=str(dropout_base_dir)), LoRA(r=4), partial(torch.optim.AdamW, lr=1e-3))
+    quiet_trainer(tmp_path / "reward", 1).fit(reward, datamodule=Batches([pairwise_batch(2, 0)]))
+    stage = PPO(ModelArgs(path=str(dropout_base_dir)), LoRA(r=4), partial(torch.optim.AdamW, lr=1e-3),
+                reward_model=str(tmp_path / "reward"), max_new_tokens=2, mini_batch_size=2, ppo_epochs=1)
+    scores = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, stage, batch, batch_idx):
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            assert {layer.training for layer in decoder_layers(stage.model)[1]} == {True}
+            scores.append([(stage.reference_logprobs(ids, mask, ids.size(1) - 2), stage.reward_scores(ids, mask))
+                           for _ in "12"])
+
+    data = DataModule(dataset="sparrow_sft", dataset_dir=DEMO, tokenizer=stage.tokenizer, template="chatml",
+                      cutoff_len=64, batch_size=2, shuffle=False, objective="prompt")
+    quiet_trainer(tmp_path / "ppo", 2, callbacks=[Probe()]).fit(stage, datamodule=data)
+    assert len(scores) == 2
+    for (reference, reward_score), (reference_again, reward_again) in scores:
+        assert torch.equal(reference, reference_again) and torch.equal(reward_score, reward_again)
