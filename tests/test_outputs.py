@@ -121,3 +121,12 @@ def test_lora_with_new_tokens_keeps_tied_embeddings_tied_and_reloads_tied(tied_b
     ids = tokenizer("<tool> What is the capital of Peru? </tool> Lima.", return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**ids).logits, stage.model.eval()(**ids).logits, rtol=0, atol=1e-5)
+
+
+def test_an_empty_current_directory_is_not_an_output_folder(tmp_path, monkeypatch):
+    from lit_factory.stages.run_folder import choose_output_folder
+
+    monkeypatch.chdir(tmp_path)
+    chosen, reason = choose_output_folder(tmp_path)
+    assert chosen == tmp_path / "runs" / "version_0" and reason == f"{tmp_path} is the current directory"
+    assert choose_output_folder(tmp_path / "elsewhere") == (tmp_path / "elsewhere", None)

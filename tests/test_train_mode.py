@@ -1,6 +1,6 @@
 """Train mode during fit: a pre-trained model (loaded in eval mode) trains with dropout and gradient checkpointing
-on, validates in eval mode, and DPO and PPO reference (and reward) passes score in eval mode; checkpointing saves activation memory (counted as
-bytes of tensors kept for backward, so the check is deterministic)."""
+on and validates in eval mode; DPO and PPO reference (and reward) passes score in eval mode; checkpointing keeps
+fewer activations (counted as bytes of tensors saved for backward, so the check is deterministic)."""
 
 from functools import partial
 from pathlib import Path
