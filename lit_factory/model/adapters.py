@@ -223,6 +223,9 @@ class LoRA(Finetuning):
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
             init_lora_weights=True if self.init == "default" else self.init,
+            # A tied model's head IS its embedding: PEFT must train one copy (and save it once) or the two drift
+            # apart. Only set when it applies; PEFT warns on untied models or untouched embeddings.
+            ensure_weight_tying=_trains_tied_embeddings(model, to_save, targets),
         )
 
     def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
@@ -234,6 +237,17 @@ class LoRA(Finetuning):
         if self.rewrites_base:
             _save_converted_to_original_base(model)
         return model
+
+
+def _trains_tied_embeddings(model: "nn.Module", to_save: list[str], targets: Union[str, list[str]]) -> bool:
+    """Whether the model ties its output head to its input embeddings and the adapter touches either of them."""
+    head = model.get_output_embeddings()
+    embeddings = model.get_input_embeddings()
+    if head is None or head.weight is not embeddings.weight:
+        return False
+    names = {_module_name(model, module).rsplit(".", 1)[-1] for module in (embeddings, head)}
+    touched = set(to_save) | (set(targets) if isinstance(targets, list) else set())
+    return bool(names & touched)
 
 
 def _vision_tower_modules(model: "nn.Module") -> Optional[str]:

@@ -167,10 +167,17 @@ class Stage(pl.LightningModule):
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
         if self.trainer.is_global_zero:
-            directory = self.trainer.log_dir or "."
+            directory = self.output_dir()
             metrics = write_predictions(rows, directory, seconds, self.generation)
             rank_zero_info(f"Wrote {len(rows)} predictions and their metrics (BLEU-4 {metrics['bleu-4']:.2f}, "
                            f"ROUGE-L {metrics['rouge-l']:.2f}) to {directory}")
+
+    def on_train_start(self) -> None:
+        # `from_pretrained` returns a model in eval mode and Lightning 2.6 keeps each module's mode, so without this
+        # dropout (LoRA's too) stays off and transformers skips gradient checkpointing (it checks `self.training`).
+        # Lightning's validation loop switches to eval and back; frozen companions (reference and reward models)
+        # live outside `self.model` and stay in eval.
+        self.model.train()
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -190,22 +197,50 @@ class Stage(pl.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_train_end(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            saved = self.save_pretrained(self.trainer.log_dir)
+        if self.trainer.is_global_zero:
+            saved = self.save_pretrained(self.output_dir())
             kind = "adapter" if self.finetuning is not None and self.finetuning.saves_adapter else "model"
             rank_zero_info(f"Saved the trained {kind} and tokenizer (Hugging Face format) to {saved}")
+
+    def output_dir(self) -> Path:
+        """Where a run's outputs go: the first logger's run folder, else ``Trainer.default_root_dir`` — unless that
+        folder is the current directory or holds files lit-factory did not write: then a fresh ``<it>/runs/version_<n>``
+        (logged), so a user's files are never mixed with or replaced by ours.
+
+        Reads the logger directly instead of ``Trainer.log_dir``, which broadcasts: callers run on rank 0 only.
+        """
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        from lit_factory.stages.run_folder import choose_output_folder
+
+        logger = self.trainer.loggers[0] if self.trainer.loggers else None
+        folder = (logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else
+                  getattr(logger, "save_dir", None)) if logger is not None else None
+        chosen, reason = choose_output_folder(Path(folder or self.trainer.default_root_dir))
+        if reason is not None:
+            rank_zero_info(f"Outputs go to {chosen}: {reason}")
+        return chosen
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the adapter (PEFT format) or the whole model (safetensors), plus the tokenizer, to ``directory``.
 
         Files are written to a temporary folder first and moved into place one by one, so an interrupted save
-        never leaves a half-written file where a good one was.
+        never leaves a half-written file where a good one was. A file an earlier save did not write is never
+        replaced (``lit_factory.stages.run_folder``): the save then fails before anything moves.
         """
+        from lit_factory.stages.run_folder import check_replaceable, write_manifest
+
         directory = Path(directory)
         staging = directory / ".saving"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         self.write_outputs(staging)
+        try:
+            check_replaceable(directory, [item.name for item in staging.iterdir()])
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        write_manifest(staging, directory)
         for item in staging.iterdir():
             target = directory / item.name
             if target.is_dir():

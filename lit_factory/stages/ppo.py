@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import LoRA
+from lit_factory.model.modes import evaluating
 from lit_factory.model.value_head import (
     ValueHead,
     last_token_values,
@@ -214,7 +215,7 @@ class PPO(Stage):
 
     @torch.no_grad()
     def reference_logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int):
-        with self.model.disable_adapter():
+        with self.model.disable_adapter(), evaluating(self.model):
             logprobs, _, _ = self.policy_forward(sequences, attention_mask, prompt_length)
         return logprobs
 
@@ -224,7 +225,7 @@ class PPO(Stage):
         if self.separate_reward_model is not None:
             hidden = decoder_hidden_states(self.separate_reward_model, sequences, attention_mask)
         else:
-            with self._reward_adapter():
+            with self._reward_adapter(), evaluating(self.model):
                 hidden = decoder_hidden_states(self.model.get_base_model(), sequences, attention_mask)
         scores = last_token_values(self.reward_head(hidden), attention_mask)
         return scores.clamp(-self.score_clip, self.score_clip) if self.score_clip is not None else scores
@@ -237,13 +238,14 @@ class PPO(Stage):
         checkpointing = self.model.get_base_model().is_gradient_checkpointing
         if checkpointing:  # recomputation buys nothing without a backward pass; the KV cache does
             self.model.get_base_model().gradient_checkpointing_disable()
+        was_training = self.model.training  # validation rollouts run in eval mode and must stay there
         self.model.eval()
         # top_k=0 and top_p=1 sample from the whole distribution, the one the log-probs below are taken from.
         sequences = self.model.generate(
             input_ids=prompts, attention_mask=prompt_mask, do_sample=True, use_cache=True,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **self.rollout_sampling,
         )
-        self.model.train()
+        self.model.train(was_training)
         if checkpointing:
             self.model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.model.modes import evaluating
 from lit_factory.stages.base import Stage
 
 Batch = dict[str, torch.Tensor]
@@ -127,7 +128,7 @@ class ReferenceStage(PreferenceStage):
                 ) from None
             return torch.tensor(values, device=ids.device)
         if source == "adapter_disabled":
-            with self.model.disable_adapter():
+            with self.model.disable_adapter(), evaluating(self.model):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
         elif source == "copy":
             logits = self.reference_model.eval()(input_ids=ids, attention_mask=mask).logits
