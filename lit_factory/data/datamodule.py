@@ -245,6 +245,8 @@ class DataModule(pl.LightningDataModule):
             loader_class = ResumableDataLoader
             options["sampler"] = (EpochShuffleSampler(dataset, self.seed) if shuffle
                                   else ResumableSequentialSampler(dataset))
+        import torch
+
         return loader_class(
             dataset.with_format("python") if streaming else dataset,
             batch_size=batch_size,
@@ -253,6 +255,9 @@ class DataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # KTO's mismatched pairs need two rows in every batch.
             drop_last=self.objective == "kto" and not streaming and len(dataset) % batch_size == 1,
+            # Each pass draws its worker seed from here, not from torch's global generator: a resumed run
+            # starts its passes at other moments, and the dropout masks must not move with them.
+            generator=torch.Generator().manual_seed(self.seed),
             **options,
         )
 
