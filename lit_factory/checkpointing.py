@@ -168,7 +168,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer.strategy.checkpoint_io)
         if trainer.is_global_zero and self.dirpath is not None and _is_local_file_protocol(str(self.dirpath)):
             for stale in Path(self.dirpath).glob(f".*{STAGING_SUFFIX}"):  # left by a kill mid-save
-                stale.unlink(missing_ok=True)
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Restored here rather than at load time: the resumed run re-creates its data iterators before this point,
