@@ -36,6 +36,13 @@ class FactoryCLI(LightningCLI):
         # are plain values); the recipe already is the whole configuration, the checkpoint only restores state.
         return None
 
+    def before_instantiate_classes(self) -> None:
+        # `--ckpt_path last`, a pinned version folder that holds a run, stale staging: decided before building.
+        if self.subcommand == "fit":
+            from lit_factory.checkpointing import prepare_fit_run
+
+            prepare_fit_run(self.config["fit"])
+
     def instantiate_classes(self) -> None:
         # jsonargparse wraps errors raised in constructors (e.g. a ModelArgs check) into its own report; the user
         # should see our one-line message instead.

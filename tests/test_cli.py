@@ -92,7 +92,7 @@ def test_quickstart_end_to_end_reduced(tmp_path):
     # The Hugging Face export and the Lightning checkpoint hold the same trained weights.
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
-    checkpoint = torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), weights_only=True)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # saved when training ends
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, state[name], rtol=0, atol=0)

@@ -228,30 +228,44 @@ class DataModule(pl.LightningDataModule):
             return PackedCollator(pad_id)
         return PaddingCollator(pad_id)
 
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, collate_fn: Any = None) -> "DataLoader":
-        import torch
+    def _loader(self, dataset: Any, batch_size: int, train: bool, collate_fn: Any = None) -> "DataLoader":
         from torch.utils.data import DataLoader
 
+        from lit_factory.data.sampling import EpochShuffleSampler, ResumableDataLoader, ResumableSequentialSampler
+
         streaming = self.preprocessing.streaming
+        shuffle = train and self.shuffle
         if streaming and shuffle:
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.buffer_size)
-        shuffle = shuffle and not streaming
-        return DataLoader(
+        options: dict[str, Any] = {}
+        loader_class = DataLoader
+        if train and not streaming:
+            # The order depends on (seed, epoch) only and the loader remembers its position: a run resumed from a
+            # checkpoint in the middle of an epoch sees the batches the uninterrupted run would have seen.
+            loader_class = ResumableDataLoader
+            options["sampler"] = (EpochShuffleSampler(dataset, self.seed) if shuffle
+                                  else ResumableSequentialSampler(dataset))
+        import torch
+
+        return loader_class(
             dataset.with_format("python") if streaming else dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             collate_fn=collate_fn or self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             # KTO's mismatched pairs need two rows in every batch.
             drop_last=self.objective == "kto" and not streaming and len(dataset) % batch_size == 1,
+            # Each pass draws its worker seed from here, not from torch's global generator: a resumed run
+            # starts its passes at other moments, and the dropout masks must not move with them.
+            generator=torch.Generator().manual_seed(self.seed),
+            **options,
         )
 
     def train_dataloader(self) -> "DataLoader":
-        """Shuffled (unless ``shuffle`` is off) training batches in the objective's format."""
+        """Training batches in the objective's format, shuffled each epoch from ``seed`` and the epoch number
+        (unless ``shuffle`` is off), resumable in the middle of an epoch (streams restart at their beginning)."""
         self.setup()
-        return self._loader(self.train_set, self.batch_size, self.shuffle)
+        return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> "DataLoader | list":
         """Validation batches, or an empty list when ``val_size`` is 0 (Lightning then skips validation)."""

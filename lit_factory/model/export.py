@@ -17,6 +17,9 @@ def write_atomically(output: Path, write: Callable[[Path], None]) -> Path:
     if output.exists() and any(output.iterdir()):
         raise LitFactoryError(f"--output: {str(output)!r} exists and is not empty; choose a new folder")
     output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.glob(f".{output.name}.*"):  # staging of an export that was killed
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         write(staging)
