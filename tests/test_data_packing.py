@@ -71,7 +71,16 @@ def test_packed_loss_equals_one_by_one(kind, mode, tmp_path, qwen_tokenizer):
     conversations = [alone_module.train_set[i] for i in range(len(alone_module.train_set))]
     assert int(starts.sum()) == len(conversations) == 18
 
-    model = tiny_model(kind, len(qwen_tokenizer))
+    # Ids renumbered onto the few used here: a 151k-row head would make this test minutes long on a CPU.
+    used = sorted(set(batch["input_ids"].flatten().tolist()) | {t for c in conversations for t in c["input_ids"]})
+    table = torch.full((max(used) + 1,), IGNORE_INDEX, dtype=torch.long)
+    table[used] = torch.arange(len(used))
+
+    def compact(ids: torch.Tensor) -> torch.Tensor:
+        return torch.where(ids == IGNORE_INDEX, ids, table[ids.clamp(min=0)])
+
+    batch = {**batch, "input_ids": compact(batch["input_ids"]), "labels": compact(batch["labels"])}
+    model = tiny_model(kind, len(used))
     with torch.no_grad():
         # As the SFT stage calls it: position ids, no 2D mask, no cache.
         packed = model(input_ids=batch["input_ids"], **attention_inputs(batch)).logits
@@ -83,14 +92,14 @@ def test_packed_loss_equals_one_by_one(kind, mode, tmp_path, qwen_tokenizer):
             segments += [(row, begin, end) for begin, end in zip(begins, ends)]
         for (row, begin, end), conversation in zip(segments, conversations):
             # The reference: each conversation of the unpacked dataset, run alone with a plain forward.
-            ids = torch.tensor([conversation["input_ids"]])
-            labels = torch.tensor([conversation["labels"]])
-            assert batch["input_ids"][row, begin:end].tolist() == conversation["input_ids"]
+            ids = compact(torch.tensor([conversation["input_ids"]]))
+            labels = compact(torch.tensor([conversation["labels"]]))
+            assert batch["input_ids"][row, begin:end].tolist() == ids[0].tolist()
             alone = token_losses(model(input_ids=ids).logits, labels)[0]
             # Every position, the last one included: its target would be the next conversation's first token.
             torch.testing.assert_close(packed_losses[row, begin:end], alone, atol=1e-5, rtol=1e-4)
         # The same loss tokens as one by one (a label on a conversation's first token is never a target alone).
-        packed_targets = int((F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:] != IGNORE_INDEX).sum())
+        packed_targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         assert packed_targets == sum(sum(label != IGNORE_INDEX for label in c["labels"][1:]) for c in conversations)
         # Without the position ids (plain causal attention over the row) the later conversations differ.
         unpacked = token_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])
@@ -105,3 +114,26 @@ def test_packed_collator_pads_positions_as_a_sequence_of_their_own():
     assert batch["position_ids"].tolist() == [[0, 1, 0], [0, 0, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+def test_pretrain_blocks_follow_llamafactory_and_attend_across_documents(peer_data_dir, qwen_tokenizer):
+    """Pre-training blocks are not conversations: documents + eos are one stream cut into blocks, as LLaMA-Factory's
+    pretrain processor (and transformers' run_clm) do, so inside a block a document attends to the ones before it
+    and its first token is the target of the eos before it. The documented rule, checked here: the blocks equal a
+    re-implementation of LLaMA-Factory's, every token but a block's first is a target, and no position restarts."""
+    rows = [json.loads(line)["text"] for line in (peer_data_dir / "c4_demo.jsonl").read_text().splitlines()][:40]
+    module = DataModule("c4_demo", dataset_dir=str(peer_data_dir), tokenizer=qwen_tokenizer, objective="pretrain",
+                        cutoff_len=128, max_samples=40, batch_size=4, shuffle=False)
+    module.setup("fit")
+    # LLaMA-Factory (processor/pretrain.py, packing on as for stage pt): text + eos token per document, tokenised
+    # without special tokens, chained, the tail under one block dropped (Qwen has no bos to write at block starts).
+    stream = [t for text in rows for t in qwen_tokenizer(text + qwen_tokenizer.eos_token,
+                                                          add_special_tokens=False)["input_ids"]]
+    blocks = [stream[i : i + 128] for i in range(0, len(stream) // 128 * 128, 128)]
+    assert [module.train_set[i]["input_ids"] for i in range(len(module.train_set))] == blocks
+    eos_inside = sum(block[:-1].count(qwen_tokenizer.eos_token_id) for block in blocks)
+    assert eos_inside > 0  # some block holds a document boundary, with a target after it
+    batch = next(iter(module.train_dataloader()))
+    assert "position_ids" not in batch and batch["attention_mask"].all()
+    assert torch.equal(batch["labels"], batch["input_ids"])
+    assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == 4 * 127
