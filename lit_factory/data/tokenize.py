@@ -165,17 +165,21 @@ def encode_prompt_and_replies(
 ) -> tuple[list[int], list[list[int]]]:
     """The generation prompt of ``messages`` (ending with a user-side message) and each reply to it, as ids; the
     prompt and the longest reply share ``cutoff_len`` by the truncation rule (LLaMA-Factory's pairwise and feedback
-    processors), every reply cut to the same length, the prompt on ``truncation_side``."""
+    processors), every reply cut to the same length, the prompt on ``truncation_side``. A reply's length counts
+    its separator, as the supervised target does (LLaMA-Factory's reply ends with it), though the row ends without
+    it, so the cuts fall where LLaMA-Factory's do."""
     bos_token, eos_token = special_tokens(tokenizer)
     reply_ids = []
+    target_lens = []
     prompt_ids: list[int] = []
     for reply in replies:
         full = messages + [reply if isinstance(reply, dict) else {"role": "assistant", "content": reply}]
         turns = template.render_turns(full, system, bos_token, eos_token, tools)
         history = "".join("".join(turn) for turn in turns[:-1]) + turns[-1][0]
-        prompt_ids, ids, _ = tokenize_pieces([history, turns[-1][1], turns[-1][2]], tokenizer)
+        prompt_ids, ids, separator_ids = tokenize_pieces([history, turns[-1][1], turns[-1][2]], tokenizer)
         reply_ids.append(ids)
-    source_len, target_len = fit_turn(len(prompt_ids), max(len(ids) for ids in reply_ids), cutoff_len)
+        target_lens.append(len(ids) + len(separator_ids))
+    source_len, target_len = fit_turn(len(prompt_ids), max(target_lens), cutoff_len)
     return cut_prompt(prompt_ids, source_len, truncation_side), [ids[:target_len] for ids in reply_ids]
 
 
