@@ -173,6 +173,9 @@ def test_objective_and_data_mismatches_are_one_line_errors(peer_data_dir, qwen_t
         assert "\n" not in str(error.value) and "Fix:" in str(error.value)
     with pytest.raises(LitFactoryError, match="batch_size of at least 2"):
         DataModule("kto_en_demo", dataset_dir=str(peer_data_dir), objective="kto", batch_size=1)
+    with pytest.raises(LitFactoryError, match="data.truncation_side='end' is unknown. Fix: right") as error:
+        DataModule("dpo_en_demo", dataset_dir=str(peer_data_dir), objective="pairwise", truncation_side="end")
+    assert "\n" not in str(error.value)
 
 
 def test_predict_batches_carry_the_reference_replies(peer_data_dir, qwen_tokenizer):
