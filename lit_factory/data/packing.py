@@ -38,7 +38,8 @@ def pack_rows(input_ids: list[list[int]], labels: list[list[int]], cutoff_len: i
             out["position_ids"].append(row_positions)
             row_ids, row_labels, row_positions = [], [], []
         row_ids = row_ids + list(ids)
-        row_labels = row_labels + [IGNORE_INDEX] * min(1, len(labs)) + list(labs[1:])  # no target across the boundary (module doc)
+        # No target across the boundary (module doc): the first label is never used alone either.
+        row_labels = row_labels + [IGNORE_INDEX] * min(1, len(labs)) + list(labs[1:])
         row_positions = row_positions + list(range(len(ids)))
     if row_ids:
         out["input_ids"].append(row_ids)
