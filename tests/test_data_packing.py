@@ -3,6 +3,8 @@ same per-conversation loss as running each conversation alone (the reference: a 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,34 +34,73 @@ def test_pack_rows_restarts_positions_and_fills_in_order():
     packed = pack_rows([[1, 2, 3], [4, 5], [6, 7, 8, 9]], [[-100, 2, 3], [-100, 5], [6, 7, 8, 9]], cutoff_len=6)
     assert packed["input_ids"] == [[1, 2, 3, 4, 5], [6, 7, 8, 9]]
     assert packed["position_ids"] == [[0, 1, 2, 0, 1], [0, 1, 2, 3]]
-    assert packed["labels"] == [[-100, 2, 3, -100, 5], [6, 7, 8, 9]]
+    # The first label of every conversation is dropped: the previous token must not learn to predict it.
+    assert packed["labels"] == [[-100, 2, 3, -100, 5], [-100, 7, 8, 9]]
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "llama"])
-def test_packed_loss_equals_one_by_one(kind, peer_data_dir, qwen_tokenizer):
-    module = DataModule("identity", dataset_dir=str(peer_data_dir), tokenizer=qwen_tokenizer, template="qwen",
-                        cutoff_len=256, max_samples=12, batch_size=2, packing=True, shuffle=False)
+def short_dialogues(folder) -> str:
+    """A dataset of short multi-turn conversations (several fit in one row), written into ``folder``."""
+    rows = [{"conversations": [
+        {"from": "human", "value": f"Question {i} number {turn}?"} if k == 0 else
+        {"from": "gpt", "value": f"Answer {turn} to {i}: " + "word " * (i % 5 + turn)}
+        for turn in range(1 + i % 3) for k in range(2)]} for i in range(18)]
+    (folder / "dialogues.json").write_text(json.dumps(rows))
+    (folder / "dataset_info.json").write_text(json.dumps(
+        {"dialogues": {"file_name": "dialogues.json", "formatting": "sharegpt"}}))
+    return str(folder)
+
+
+MODES = {"default": {}, "train_on_prompt": {"train_on_prompt": True}, "mask_history": {"mask_history": True},
+         "both": {"train_on_prompt": True, "mask_history": True}}
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("qwen2", "default"), ("llama", "default"),
+                                           ("qwen2", "train_on_prompt"), ("qwen2", "mask_history"),
+                                           ("llama", "both")])
+def test_packed_loss_equals_one_by_one(kind, mode, tmp_path, qwen_tokenizer):
+    settings = {"tokenizer": qwen_tokenizer, "template": "qwen", "cutoff_len": 256, "shuffle": False,
+                **MODES[mode]}
+    alone_module = DataModule("dialogues", dataset_dir=short_dialogues(tmp_path), batch_size=1, **settings)
+    alone_module.setup("fit")
+    module = DataModule("dialogues", dataset_dir=str(tmp_path), batch_size=64, packing=True, **settings)
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "labels", "position_ids"}
     starts = (batch["position_ids"] == 0) & batch["attention_mask"].bool()
     assert (starts.sum(dim=1) > 1).all()  # each row really holds several conversations
+    conversations = [alone_module.train_set[i] for i in range(len(alone_module.train_set))]
+    assert int(starts.sum()) == len(conversations) == 18
 
-    model = tiny_model(kind, len(qwen_tokenizer))
+    # Ids renumbered onto the few used here: a 151k-row head would make this test minutes long on a CPU.
+    used = sorted(set(batch["input_ids"].flatten().tolist()) | {t for c in conversations for t in c["input_ids"]})
+    table = torch.full((max(used) + 1,), IGNORE_INDEX, dtype=torch.long)
+    table[used] = torch.arange(len(used))
+
+    def compact(ids: torch.Tensor) -> torch.Tensor:
+        return torch.where(ids == IGNORE_INDEX, ids, table[ids.clamp(min=0)])
+
+    batch = {**batch, "input_ids": compact(batch["input_ids"]), "labels": compact(batch["labels"])}
+    model = tiny_model(kind, len(used))
     with torch.no_grad():
         # As the SFT stage calls it: position ids, no 2D mask, no cache.
         packed = model(input_ids=batch["input_ids"], **attention_inputs(batch)).logits
         packed_losses = token_losses(packed, batch["labels"])
+        segments = []
         for row in range(batch["input_ids"].shape[0]):
             begins = starts[row].nonzero().flatten().tolist()
             ends = begins[1:] + [int(batch["attention_mask"][row].sum())]
-            for begin, end in zip(begins, ends):
-                ids = batch["input_ids"][row, begin:end][None]
-                labels = batch["labels"][row, begin:end][None]
-                alone = token_losses(model(input_ids=ids).logits, labels)[0]
-                # The last token's target in the packed row is the next conversation's first token: no loss there
-                # either way, because every conversation starts with a -100 prompt token.
-                torch.testing.assert_close(packed_losses[row, begin:end], alone, atol=1e-5, rtol=1e-4)
+            segments += [(row, begin, end) for begin, end in zip(begins, ends)]
+        for (row, begin, end), conversation in zip(segments, conversations):
+            # The reference: each conversation of the unpacked dataset, run alone with a plain forward.
+            ids = compact(torch.tensor([conversation["input_ids"]]))
+            labels = compact(torch.tensor([conversation["labels"]]))
+            assert batch["input_ids"][row, begin:end].tolist() == ids[0].tolist()
+            alone = token_losses(model(input_ids=ids).logits, labels)[0]
+            # Every position, the last one included: its target would be the next conversation's first token.
+            torch.testing.assert_close(packed_losses[row, begin:end], alone, atol=1e-5, rtol=1e-4)
+        # The same loss tokens as one by one (a label on a conversation's first token is never a target alone).
+        packed_targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        assert packed_targets == sum(sum(label != IGNORE_INDEX for label in c["labels"][1:]) for c in conversations)
         # Without the position ids (plain causal attention over the row) the later conversations differ.
         unpacked = token_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])
         assert not torch.allclose(unpacked, packed_losses, atol=1e-3)
@@ -73,3 +114,26 @@ def test_packed_collator_pads_positions_as_a_sequence_of_their_own():
     assert batch["position_ids"].tolist() == [[0, 1, 0], [0, 0, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+def test_pretrain_blocks_follow_llamafactory_and_attend_across_documents(peer_data_dir, qwen_tokenizer):
+    """Pre-training blocks are not conversations: documents + eos are one stream cut into blocks, as LLaMA-Factory's
+    pretrain processor (and transformers' run_clm) do, so inside a block a document attends to the ones before it
+    and its first token is the target of the eos before it. The documented rule, checked here: the blocks equal a
+    re-implementation of LLaMA-Factory's, every token but a block's first is a target, and no position restarts."""
+    rows = [json.loads(line)["text"] for line in (peer_data_dir / "c4_demo.jsonl").read_text().splitlines()][:40]
+    module = DataModule("c4_demo", dataset_dir=str(peer_data_dir), tokenizer=qwen_tokenizer, objective="pretrain",
+                        cutoff_len=128, max_samples=40, batch_size=4, shuffle=False)
+    module.setup("fit")
+    # LLaMA-Factory (processor/pretrain.py, packing on as for stage pt): text + eos token per document, tokenised
+    # without special tokens, chained, the tail under one block dropped (Qwen has no bos to write at block starts).
+    stream = [t for text in rows for t in qwen_tokenizer(text + qwen_tokenizer.eos_token,
+                                                          add_special_tokens=False)["input_ids"]]
+    blocks = [stream[i : i + 128] for i in range(0, len(stream) // 128 * 128, 128)]
+    assert [module.train_set[i]["input_ids"] for i in range(len(module.train_set))] == blocks
+    eos_inside = sum(block[:-1].count(qwen_tokenizer.eos_token_id) for block in blocks)
+    assert eos_inside > 0  # some block holds a document boundary, with a target after it
+    batch = next(iter(module.train_dataloader()))
+    assert "position_ids" not in batch and batch["attention_mask"].all()
+    assert torch.equal(batch["labels"], batch["input_ids"])
+    assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == 4 * 127

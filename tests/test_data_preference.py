@@ -84,6 +84,49 @@ def test_pairwise_truncation_cuts_both_replies_to_one_budget(peer_data_dir, qwen
         assert chosen_prompt.sum() == rejected_prompt.sum() > 0
 
 
+def llamafactory_infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's rule (src/llamafactory/data/processor/processor_utils.py), the reference."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    return min(max(cutoff_len - new_target_len, 0), source_len), new_target_len
+
+
+@pytest.mark.parametrize("truncation_side", ["right", "left"])
+def test_preference_truncation_matches_llamafactory(peer_data_dir, qwen_tokenizer, truncation_side):
+    """LLaMA-Factory's pairwise and feedback processors: infer_seqlen(prompt, longest reply incl. its "<|im_end|>\n",
+    cutoff_len), the prompt keeping its beginning; ``truncation_side: left`` keeps its end instead (TRL's keep_end).
+    Our rows end at <|im_end|>, without the newline that follows it."""
+    cutoff = 48
+    reply_ids = lambda text: qwen_tokenizer.encode(text + "<|im_end|>", add_special_tokens=False)  # noqa: E731
+    newline = len(qwen_tokenizer.encode("\n", add_special_tokens=False))
+    cut_prompts = 0
+    for dataset, objective in (("dpo_en_demo", "pairwise"), ("kto_en_demo", "kto")):
+        rows = json.loads((peer_data_dir / f"{dataset}.json").read_text())[:8]
+        data = make(peer_data_dir, qwen_tokenizer, dataset, objective, cutoff_len=cutoff,
+                    truncation_side=truncation_side).train_set
+        assert len(data) == len(rows)
+        for row, example in zip(rows, data):
+            if objective == "pairwise":
+                prompt = prompt_ids(qwen_tokenizer, sharegpt_to_openai(row["conversations"]))
+                replies = [reply_ids(row["chosen"]["value"]), reply_ids(row["rejected"]["value"])]
+                got = [example["chosen_ids"], example["rejected_ids"]]
+            else:
+                prompt = prompt_ids(qwen_tokenizer, sharegpt_to_openai(row["messages"][:-1]))
+                replies = [reply_ids(row["messages"][-1]["content"])]
+                got = [example["completion_ids"]]
+            kept_prompt, kept_reply = llamafactory_infer_seqlen(len(prompt), max(map(len, replies)) + newline, cutoff)
+            expected_prompt = prompt[:kept_prompt] if truncation_side == "right" else prompt[len(prompt) - kept_prompt:]
+            assert example["prompt_ids"] == expected_prompt
+            assert got == [reply[:kept_reply] for reply in replies]
+            cut_prompts += kept_prompt < len(prompt)
+    assert cut_prompts >= 4  # the cut really falls in the prompt in several rows
+
+
 def test_kto_batches_on_kto_demo(peer_data_dir, qwen_tokenizer):
     rows = json.loads((peer_data_dir / "kto_en_demo.json").read_text())[:4]
     batch = next(iter(make(peer_data_dir, qwen_tokenizer, "kto_en_demo", "kto").train_dataloader()))
@@ -130,6 +173,9 @@ def test_objective_and_data_mismatches_are_one_line_errors(peer_data_dir, qwen_t
         assert "\n" not in str(error.value) and "Fix:" in str(error.value)
     with pytest.raises(LitFactoryError, match="batch_size of at least 2"):
         DataModule("kto_en_demo", dataset_dir=str(peer_data_dir), objective="kto", batch_size=1)
+    with pytest.raises(LitFactoryError, match="data.truncation_side='end' is unknown. Fix: right") as error:
+        DataModule("dpo_en_demo", dataset_dir=str(peer_data_dir), objective="pairwise", truncation_side="end")
+    assert "\n" not in str(error.value)
 
 
 def test_predict_batches_carry_the_reference_replies(peer_data_dir, qwen_tokenizer):

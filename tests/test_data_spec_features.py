@@ -141,7 +141,8 @@ def test_second_run_reads_the_cache_and_settings_change_the_key(tmp_path, qwen_t
     monkeypatch.setattr(pipeline, "encoder", lambda *a, **k: fail)
     second = make(tmp_path, qwen_tokenizer, "d", max_samples=None)  # same settings: read from disk
     assert second.train_set["input_ids"] == first.train_set["input_ids"]
-    for changed in ({"cutoff_len": 100}, {"mask_history": True}, {"train_on_prompt": True}, {"template": "chatml"}):
+    for changed in ({"cutoff_len": 100}, {"mask_history": True}, {"train_on_prompt": True}, {"template": "chatml"},
+                    {"truncation_side": "left"}):
         with pytest.raises(AssertionError, match="preprocessing ran again"):
             make(tmp_path, qwen_tokenizer, "d", max_samples=None, **changed)
 

@@ -47,7 +47,11 @@ class DataModule(pl.LightningDataModule):
             (streaming: a count only, taken from the start of the stream).
         max_samples: keep only the first this many rows of each dataset (quick runs, debugging).
         train_on_prompt: put the loss on prompts too, not only on the replies.
-        mask_history: put the loss on the last reply of each conversation only.
+        mask_history: put the loss on the last reply of each conversation only (the last exchange is fitted into
+            ``cutoff_len`` first, as in LLaMA-Factory).
+        truncation_side: which end of a prompt too long for ``cutoff_len`` is cut (supervised, pairwise, kto):
+            ``right`` keeps its beginning (LLaMA-Factory's rule), ``left`` keeps its end, next to the reply (TRL's
+            ``keep_end``). Replies always keep their beginning; generation prompts always keep their end.
         packing: (supervised) pack several conversations into each row of ``cutoff_len`` tokens; attention and
             position ids are kept per conversation (see :mod:`lit_factory.data.packing`).
         mix_strategy: how several datasets combine: ``concat`` (in order), ``interleave_under`` (draw until the
@@ -75,6 +79,7 @@ class DataModule(pl.LightningDataModule):
         max_samples: int | None = None,
         train_on_prompt: bool = False,
         mask_history: bool = False,
+        truncation_side: Literal["right", "left"] = "right",
         packing: bool = False,
         mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat",
         interleave_probs: list[float] | None = None,
@@ -107,6 +112,9 @@ class DataModule(pl.LightningDataModule):
         if packing and objective != "supervised":
             raise LitFactoryError(f"data.packing applies to the supervised objective, not {objective!r} (pretrain "
                                   "always packs). Fix: set packing: false.")
+        if truncation_side not in ("right", "left"):
+            raise LitFactoryError(f"data.truncation_side={truncation_side!r} is unknown. Fix: right (keep a long "
+                                  "prompt's beginning, LLaMA-Factory's rule) or left (keep its end).")
         if mix_strategy not in ("concat", "interleave_under", "interleave_over"):
             raise LitFactoryError(f"data.mix_strategy={mix_strategy!r} is unknown. Fix: concat, interleave_under "
                                   "or interleave_over.")
@@ -128,8 +136,8 @@ class DataModule(pl.LightningDataModule):
         self.seed = seed
         self.preprocessing = Preprocessing(
             objective=objective, cutoff_len=cutoff_len, train_on_prompt=train_on_prompt, mask_history=mask_history,
-            max_samples=max_samples, num_proc=preprocessing_num_workers, streaming=streaming, packing=packing,
-            seed=seed,
+            truncation_side=truncation_side, max_samples=max_samples, num_proc=preprocessing_num_workers,
+            streaming=streaming, packing=packing, seed=seed,
         )
         self._tokenizer = tokenizer
         self._template: AnyTemplate | None = None

@@ -7,6 +7,12 @@ Rows are filled greedily in order (a conversation that does not fit starts a new
 and flash-attention paths) then builds a block-diagonal causal mask from the restarts, so no token attends across a
 conversation boundary, and each conversation sees the positions it would see alone. The padding at the end of a row
 is one more "sequence" of its own, with no loss.
+
+No label crosses a boundary either: the loss predicts the label at position t from the logits at t - 1, so the
+label of each conversation's first token would make the previous conversation's last token learn to predict it
+(alone, that label is never used). :func:`pack_rows` writes -100 there, as transformers'
+``DataCollatorWithFlattening`` does, so a packed row carries exactly the loss tokens of its conversations one by one,
+in every mode (``train_on_prompt`` and ``mask_history`` included).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from lit_factory.data.tokenize import IGNORE_INDEX
 
 
 def pack_rows(input_ids: list[list[int]], labels: list[list[int]], cutoff_len: int) -> dict[str, list]:
-    """Greedy in-order packing of (ids, labels) sequences, each at most ``cutoff_len``, into rows of at most it."""
+    """Greedy in-order packing of (ids, labels) sequences, each at most ``cutoff_len``, into rows of at most it;
+    the first label of each sequence becomes -100 (the module doc says why)."""
     out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
     row_ids: list[int] = []
     row_labels: list[int] = []
@@ -31,7 +38,8 @@ def pack_rows(input_ids: list[list[int]], labels: list[list[int]], cutoff_len: i
             out["position_ids"].append(row_positions)
             row_ids, row_labels, row_positions = [], [], []
         row_ids = row_ids + list(ids)
-        row_labels = row_labels + list(labs)
+        # No target across the boundary (module doc): the first label is never used alone either.
+        row_labels = row_labels + [IGNORE_INDEX] * min(1, len(labs)) + list(labs[1:])
         row_positions = row_positions + list(range(len(ids)))
     if row_ids:
         out["input_ids"].append(row_ids)

@@ -40,6 +40,7 @@ class Preprocessing:
     cutoff_len: int
     train_on_prompt: bool = False
     mask_history: bool = False
+    truncation_side: str = "right"
     max_samples: int | None = None
     num_proc: int | None = None
     streaming: bool = False
@@ -119,12 +120,12 @@ def prepare_dataset(name: str, dataset_dir: str, tokenizer: Any, template: AnyTe
 
     aligned = _align(dataset, spec, settings)
     encode = encoder(settings.objective, tokenizer, template, settings.cutoff_len, settings.train_on_prompt,
-                     settings.mask_history)
+                     settings.mask_history, settings.truncation_side)
     columns = _column_names(aligned) if not settings.streaming else list(standard_features())
     if not settings.streaming:
         map_args.update(desc=f"Tokenizing {name}", num_proc=settings.num_proc, new_fingerprint=map_fingerprint(
             aligned, settings.objective, template, settings.cutoff_len, settings.train_on_prompt,
-            settings.mask_history, tokenizer=tokenizer))
+            settings.mask_history, settings.truncation_side, tokenizer=tokenizer))
     tokenized = aligned.map(encode, remove_columns=columns, **map_args)
     if not settings.streaming and len(tokenized) < len(aligned):
         log.warning("skipped %d of %d rows of %s: no response token fits in cutoff_len=%d",

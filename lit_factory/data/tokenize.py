@@ -7,13 +7,17 @@ exactly the response pieces. (Tokenising each piece on its own would add a word-
 SentencePiece tokenizers such as Mistral's.) Slow tokenizers without offsets fall back to piece-by-piece
 tokenisation.
 
-Truncation to ``cutoff_len`` (LLaMA-Factory's rule, so that datasets cut the same way in both): exchanges are kept
-whole, in order, while they fit. The first exchange that does not fit shares what is left of the budget: if its
-response is under half the budget the response stays whole and the prompt is cut; if the prompt is under half,
-the prompt stays whole and the response is cut; otherwise both are cut in proportion to their lengths. Each keeps
-its beginning. Later exchanges are dropped, and so is an exchange that would keep no response token. An example
-that ends with no loss token at all is dropped from the dataset (counted in a warning). ``mask_history`` keeps the
-loss on the last reply only.
+Truncation to ``cutoff_len`` is LLaMA-Factory's (``infer_seqlen`` and its supervised, pairwise and feedback
+processors, arithmetic included), so the same data and ``cutoff_len`` give the same examples in both. Exchanges are
+fitted in order (with ``mask_history``: last exchange first, so the reply that carries the loss is the one kept
+whole), each into what is left of the budget: if its target (reply + separator) is under half the budget it stays
+whole and the prompt is cut; else if the prompt is under half it stays whole and the target is cut; else both are
+cut, the target to ``int(budget * (target / (prompt + target)))`` tokens. A response keeps its beginning; a prompt
+keeps its beginning too (``truncation_side="right"``, LLaMA-Factory's) or its end (``"left"``, next to the reply it
+prompts, as TRL's ``keep_end``). An exchange whose prompt is cut with no room left for its reply is kept, labels
+-100; fitting stops when the budget is spent. An example that ends with no loss token at all is dropped from the
+dataset (counted in a warning). ``mask_history`` keeps the loss on the last reply only (with ``train_on_prompt``
+the prompts keep theirs, as in LLaMA-Factory).
 
 Pairwise (ranking rows): the prompt (every message, up to the generation prompt) and each of the two replies are
 stored apart: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``; the same rule cuts prompt and the longer reply, and
@@ -53,17 +57,21 @@ def special_tokens(tokenizer: Any) -> tuple[str, str]:
 
 
 def fit_turn(source_len: int, target_len: int, budget: int) -> tuple[int, int]:
-    """How many prompt and response tokens of one exchange to keep in ``budget`` tokens (see the module doc)."""
-    if source_len + target_len <= budget:
-        return source_len, target_len
+    """How many prompt and response tokens of one exchange to keep in ``budget`` tokens: LLaMA-Factory's
+    ``infer_seqlen`` with its float arithmetic (``int(budget * (target / total))``), so the splits agree exactly."""
     if target_len * 2 < budget:
-        kept_target = target_len
+        max_target_len = budget
     elif source_len * 2 < budget:
-        kept_target = budget - source_len
+        max_target_len = budget - source_len
     else:
-        kept_target = int(budget * target_len / (source_len + target_len))
-    kept_target = min(kept_target, target_len)
-    return min(budget - kept_target, source_len), kept_target
+        max_target_len = int(budget * (target_len / (source_len + target_len)))
+    kept_target = min(max_target_len, target_len)
+    return min(max(budget - kept_target, 0), source_len), kept_target
+
+
+def cut_prompt(prompt_ids: list[int], kept: int, truncation_side: str) -> list[int]:
+    """The ``kept`` tokens of a prompt: its beginning (``right``: the end is cut) or its end (``left``)."""
+    return prompt_ids[:kept] if truncation_side == "right" else prompt_ids[len(prompt_ids) - kept :]
 
 
 def tokenize_pieces(pieces: list[str], tokenizer: Any) -> list[list[int]]:
@@ -99,6 +107,7 @@ def encode_supervised(
     system: str | None = None,
     tools: str = "",
     mask_history: bool = False,
+    truncation_side: str = "right",
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels of one conversation; labels are ``-100`` except on the assistant replies.
 
@@ -111,65 +120,72 @@ def encode_supervised(
         train_on_prompt: put the loss on every token, prompts included.
         system: the system prompt; None means the template's default ("" is an empty system prompt, written as such).
         tools: tool definitions (JSON list) shown to the model, "" for none.
-        mask_history: loss on the last reply only (earlier replies are context).
+        mask_history: loss on the last reply only (earlier replies are context); the last exchange is fitted first.
+        truncation_side: which end of a prompt that must be cut is cut: ``right`` (keep its beginning) or ``left``.
     """
     bos_token, eos_token = special_tokens(tokenizer)
     turns = template.render_turns(messages, system, bos_token, eos_token, tools)
     encoded = tokenize_pieces([piece for turn in turns for piece in turn], tokenizer)
-    return assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history)
+    return assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history, truncation_side)
 
 
 def assemble_supervised(encoded: list[list[int]], cutoff_len: int, train_on_prompt: bool = False,
-                        mask_history: bool = False) -> tuple[list[int], list[int]]:
-    """Ids and labels from the (prompt, response, separator) ids of each exchange: truncation and loss mask."""
-    turns = range(len(encoded) // 3)
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for index in range(len(turns)):
-        budget = cutoff_len - len(input_ids)
-        if budget <= 0:
+                        mask_history: bool = False, truncation_side: str = "right") -> tuple[list[int], list[int]]:
+    """Ids and labels from the (prompt, response, separator) ids of each exchange: truncation and loss mask, in
+    the order and arithmetic of LLaMA-Factory's supervised processor (see the module doc)."""
+    count = len(encoded) // 3
+    # With mask_history the last exchange is fitted first and the earlier ones are put in front of it.
+    order = range(count - 1, -1, -1) if mask_history else range(count)
+    pieces: list[tuple[list[int], list[int]]] = []
+    total = 0
+    for index in order:
+        if total >= cutoff_len:
             break
         prompt_ids, response_ids, separator_ids = encoded[3 * index : 3 * index + 3]
         target_ids = response_ids + separator_ids
-        source_len, target_len = fit_turn(len(prompt_ids), len(target_ids), budget)
-        if target_len == 0:
-            break
-        if train_on_prompt:
-            target_labels = target_ids
-        elif mask_history and index < len(turns) - 1:
+        source_len, target_len = fit_turn(len(prompt_ids), len(target_ids), cutoff_len - total)
+        total += source_len + target_len
+        if mask_history and index < count - 1:
             target_labels = [IGNORE_INDEX] * len(target_ids)
+        elif train_on_prompt:
+            target_labels = target_ids
         else:
             target_labels = response_ids + [IGNORE_INDEX] * len(separator_ids)
         prompt_labels = prompt_ids if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
-        input_ids += prompt_ids[:source_len] + target_ids[:target_len]
-        labels += prompt_labels[:source_len] + target_labels[:target_len]
-    return input_ids, labels
+        pieces.append((cut_prompt(prompt_ids, source_len, truncation_side) + target_ids[:target_len],
+                       cut_prompt(prompt_labels, source_len, truncation_side) + target_labels[:target_len]))
+    if mask_history:
+        pieces.reverse()
+    return [t for ids, _ in pieces for t in ids], [t for _, labels in pieces for t in labels]
 
 
 def encode_prompt_and_replies(
     messages: list[Message], replies: list[str | Message], tokenizer: Any, template: AnyTemplate, cutoff_len: int,
-    system: str | None = None, tools: str = "",
+    system: str | None = None, tools: str = "", truncation_side: str = "right",
 ) -> tuple[list[int], list[list[int]]]:
     """The generation prompt of ``messages`` (ending with a user-side message) and each reply to it, as ids; the
-    prompt and the longest reply share ``cutoff_len`` by the truncation rule, every reply cut to the same length."""
+    prompt and the longest reply share ``cutoff_len`` by the truncation rule (LLaMA-Factory's pairwise and feedback
+    processors), every reply cut to the same length, the prompt on ``truncation_side``. A reply's length counts
+    its separator, as the supervised target does (LLaMA-Factory's reply ends with it), though the row ends without
+    it, so the cuts fall where LLaMA-Factory's do."""
     bos_token, eos_token = special_tokens(tokenizer)
     reply_ids = []
+    target_lens = []
     prompt_ids: list[int] = []
     for reply in replies:
         full = messages + [reply if isinstance(reply, dict) else {"role": "assistant", "content": reply}]
         turns = template.render_turns(full, system, bos_token, eos_token, tools)
         history = "".join("".join(turn) for turn in turns[:-1]) + turns[-1][0]
-        prompt_ids, ids, _ = tokenize_pieces([history, turns[-1][1], turns[-1][2]], tokenizer)
+        prompt_ids, ids, separator_ids = tokenize_pieces([history, turns[-1][1], turns[-1][2]], tokenizer)
         reply_ids.append(ids)
-    source_len, target_len = fit_turn(len(prompt_ids), max(len(ids) for ids in reply_ids), cutoff_len)
-    # Keep the end of the prompt (the latest turn and the assistant header) when it must be cut.
-    prompt_ids = prompt_ids[len(prompt_ids) - source_len :]
-    return prompt_ids, [ids[:target_len] for ids in reply_ids]
+        target_lens.append(len(ids) + len(separator_ids))
+    source_len, target_len = fit_turn(len(prompt_ids), max(target_lens), cutoff_len)
+    return cut_prompt(prompt_ids, source_len, truncation_side), [ids[:target_len] for ids in reply_ids]
 
 
 def encode_prompt(messages: list[Message], tokenizer: Any, template: AnyTemplate, cutoff_len: int,
                   system: str | None = None, tools: str = "") -> list[int]:
-    """The generation prompt's ids (its last ``cutoff_len``)."""
+    """The generation prompt's ids (its last ``cutoff_len``: generation continues from its end)."""
     bos_token, eos_token = special_tokens(tokenizer)
     text = template.render_prompt(messages, system, bos_token, eos_token, tools)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -191,7 +207,7 @@ def pack_pretrain_blocks(texts: list[str], tokenizer: Any, cutoff_len: int) -> l
 
 
 def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: int, train_on_prompt: bool = False,
-            mask_history: bool = False) -> Callable[[dict[str, list]], dict[str, list]]:
+            mask_history: bool = False, truncation_side: str = "right") -> Callable[[dict[str, list]], dict[str, list]]:
     """The batched map function from standard rows to the ``objective``'s token columns (see the module doc).
     Rows that keep no loss token are left out; media columns travel along."""
 
@@ -211,7 +227,7 @@ def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: i
                 for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"])
             ]
             for i, encoded in enumerate(tokenize_pieces_batch(rendered, tokenizer)):
-                ids, labels = assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history)
+                ids, labels = assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history, truncation_side)
                 if any(label != IGNORE_INDEX for label in labels):
                     emit(input_ids=ids, labels=labels, **{key: batch[key][i] for key in MEDIA if key in batch})
             return out
@@ -221,12 +237,12 @@ def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: i
             if objective == "pairwise":
                 prompt, (chosen, rejected) = encode_prompt_and_replies(
                     messages, [batch["chosen"][i], batch["rejected"][i]], tokenizer, template, cutoff_len, system,
-                    tools)
+                    tools, truncation_side)
                 if chosen and rejected:
                     emit(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, **media)
             elif objective == "kto":
                 prompt, (completion,) = encode_prompt_and_replies(
-                    messages[:-1], [messages[-1]], tokenizer, template, cutoff_len, system, tools)
+                    messages[:-1], [messages[-1]], tokenizer, template, cutoff_len, system, tools, truncation_side)
                 if completion:
                     emit(prompt_ids=prompt, completion_ids=completion, kto_tag=batch["kto_tag"][i], **media)
             elif objective == "prompt":
