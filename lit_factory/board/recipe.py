@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.shipped import list_recipes as shipped_recipes
+from lit_factory.shipped import shipped_dir
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-RECIPES_DIR = REPO_DIR / "recipes"
+RECIPES_DIR = shipped_dir("recipes")
 # Stage arguments every stage shares; the others are the stage's own options (shown as YAML in the form).
 COMMON_STAGE_ARGS = ("model", "finetuning", "optimizer", "lr_schedule", "warmup_steps")
 # Finetuning arguments with their own fields in the form; the rest go to the method's options YAML.
@@ -71,8 +72,9 @@ FORM_FIELDS = [f.name for f in fields(TrainForm)]
 
 
 def list_recipes() -> list[str]:
-    """Recipe files under ``recipes/``, as paths relative to it (``quickstart.yaml``, ``sft/lora.yaml``...)."""
-    return sorted(str(path.relative_to(RECIPES_DIR)) for path in RECIPES_DIR.rglob("*.yaml"))
+    """Base recipes under ``recipes/``, as paths relative to it (``quickstart.yaml``, ``sft/lora.yaml``...); not the
+    method overlays (``methods/*``), which hold only a method's settings and would blank the form."""
+    return shipped_recipes(include_methods=False)
 
 
 def load_recipe(name: str) -> dict[str, Any]:
