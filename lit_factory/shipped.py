@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.permissions import current_umask
 
 # A path, not an importlib.resources Traversable: these folders are handed to tokenizers, datasets and subprocesses,
 # which need real files, and wheels install unzipped.
@@ -102,17 +103,11 @@ def copy_recipe(name: str, destination: str) -> Path:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(source.read_bytes())
-        os.chmod(staging, 0o666 & ~_umask())
+        os.chmod(staging, 0o666 & ~current_umask())  # mkstemp makes it 0600
         os.link(staging, target)  # fails instead of replacing a file created meanwhile
     finally:
         os.unlink(staging)
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def main(argv: Optional[list[str]] = None) -> int:

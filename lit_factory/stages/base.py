@@ -201,11 +201,14 @@ class Stage(pl.LightningModule):
         Files are written to a temporary folder first and moved into place one by one, so an interrupted save
         never leaves a half-written file where a good one was.
         """
+        from lit_factory.permissions import apply_umask_modes
+
         directory = Path(directory)
         staging = directory / ".saving"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         self.write_outputs(staging)
+        apply_umask_modes(staging)  # transformers writes safetensors 0600; saved files follow the user's umask
         for item in staging.iterdir():
             target = directory / item.name
             if target.is_dir():
