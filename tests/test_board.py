@@ -148,6 +148,20 @@ def test_preview_marks_exactly_the_template_loss_segments():
         assert tag + html_lib.escape(text) in page
 
 
+def test_preview_count_honours_max_samples_as_the_pipeline_does():
+    from lit_factory.board.preview import preview_datasets
+    from lit_factory.data.datamodule import DataModule
+
+    tokenizer_dir = str(REPO / "lit_factory" / "assets" / "sparrow-tokenizer")
+    summary, page = preview_datasets("lit_factory/assets/demo", ["sparrow_sft"], tokenizer_dir, "chatml", count=5,
+                                     workdir=REPO, max_samples=3)
+    module = DataModule("sparrow_sft", dataset_dir=str(REPO / "lit_factory/assets/demo"), tokenizer=tokenizer_dir,
+                        template="chatml", max_samples=3, shuffle=False)
+    module.setup()
+    assert summary == f"sparrow_sft: {len(module.train_set)} / 3" and len(module.train_set) == 3
+    assert page.count('<pre class="sample">') == 3
+
+
 def test_a_second_launch_while_one_runs_is_refused(tmp_path):
     import subprocess
 

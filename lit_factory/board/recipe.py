@@ -400,15 +400,21 @@ def _trainer_section(trainer: dict[str, Any], form: TrainForm) -> dict[str, Any]
     }
     log_dir = str(output_dir / run_name)
     callbacks = [c for c in _as_callbacks(trainer.get("callbacks"))
-                 if _class_name(c, "") not in ("ProgressFile", "OnExceptionCheckpoint")]
+                 if _class_name(c, "") not in ("ProgressFile", "StopCheckpoint")]
     callbacks += [
         # The board's progress bar reads this file (step, total, timing) while the run trains.
         {"class_path": "lit_factory.board.progress.ProgressFile"},
-        # Stop sends SIGINT; Lightning then saves checkpoints/last.ckpt, which Resume continues from with
+        # Stop sends SIGINT; this then saves checkpoints/last.ckpt, which Resume continues from with
         # `--ckpt_path last` (Lightning looks for last*.ckpt beside the run's ModelCheckpoint).
-        {"class_path": "lightning.pytorch.callbacks.OnExceptionCheckpoint",
-         "init_args": {"dirpath": f"{log_dir}/checkpoints", "filename": "last"}},
+        {"class_path": "lit_factory.board.progress.StopCheckpoint",
+         "init_args": {"dirpath": f"{log_dir}/checkpoints"}},
     ]
+    # Besides the stop checkpoint, the regular ones (a kill or OOM keeps the newest), unless the recipe has its own.
+    if trainer.get("enable_checkpointing", True) is not False and not any(
+            _class_name(c, "") == "ModelCheckpoint" for c in callbacks):
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                          "init_args": {"dirpath": f"{log_dir}/checkpoints", "save_last": True,
+                                        "enable_version_counter": False}})  # Resume updates last.ckpt, not -v1
     trainer["callbacks"] = callbacks
     return trainer
 
