@@ -56,10 +56,12 @@ def preview_datasets(
 
     if not names:
         raise LitFactoryError("datasets: none chosen. Fix: pick at least one dataset to preview.")
-    folder = Path(dataset_dir) if Path(dataset_dir).is_absolute() else Path(workdir) / dataset_dir
+    from lit_factory.board.recipe import in_workdir
+
+    folder = in_workdir(workdir, dataset_dir)
     tokenizer = None
     if tokenizer_path:
-        local = Path(workdir) / tokenizer_path
+        local = in_workdir(workdir, tokenizer_path)
         tokenizer = load_tokenizer(str(local) if local.exists() else tokenizer_path)
     bos, eos = special_tokens(tokenizer) if tokenizer is not None else ("", "")
     template = None if pretrain else get_template(template_name or "auto", tokenizer)

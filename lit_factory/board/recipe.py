@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.shipped import list_recipes as shipped_recipes
-from lit_factory.shipped import shipped_dir
+from lit_factory.shipped import resolve_shipped_path, shipped_dir
 
 RECIPES_DIR = shipped_dir("recipes")
 # Stage arguments every stage shares; the others are the stage's own options (shown as YAML in the form).
@@ -242,12 +242,22 @@ def _options(label: str, text: str) -> dict[str, Any]:
     return value
 
 
+def in_workdir(workdir: str | Path, path: str) -> Path:
+    """A path the form names, as the run (started in ``workdir``) will read it: relative to ``workdir``, or the
+    copy shipped with lit-factory (``lit_factory/assets/demo``...) when the workdir has none."""
+    given = Path(path).expanduser()
+    if given.is_absolute():
+        return given
+    local = Path(workdir) / given
+    return local if local.exists() else Path(resolve_shipped_path(str(given)))
+
+
 def _names(text: str) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def _check_model_path(path: str, workdir: Path) -> None:
-    if (workdir / Path(path).expanduser()).is_dir():
+    if in_workdir(workdir, path).is_dir():
         return
     if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
         raise LitFactoryError(
@@ -338,8 +348,7 @@ def _data_section(data: dict[str, Any], form: TrainForm, workdir: Path) -> dict[
     dataset_dir = (form.dataset_dir or "").strip()
     if not dataset_dir:
         raise LitFactoryError("dataset folder: empty. Fix: give the folder that holds dataset_info.json.")
-    folder = Path(dataset_dir) if Path(dataset_dir).is_absolute() else workdir / dataset_dir
-    known = dataset_names(str(folder))
+    known = dataset_names(str(in_workdir(workdir, dataset_dir)))
     chosen = list(form.datasets or [])
     if not chosen:
         raise LitFactoryError(f"datasets: none chosen. Fix: pick at least one of {known}.")

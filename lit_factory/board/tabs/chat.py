@@ -145,7 +145,7 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
 def local_path(manager: RunManager, value: str) -> str:
     """A path relative to the board's working directory made absolute; a hub id (or nothing) as given."""
     value = (value or "").strip()
-    local = Path(value) if Path(value).is_absolute() else manager.workdir / value
+    local = recipes.in_workdir(manager.workdir, value)
     return str(local) if value and local.exists() else value
 
 

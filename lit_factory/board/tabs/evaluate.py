@@ -89,7 +89,7 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     ui("eval_predict", gr.Markdown(f"### {word('eval_predict')}"), "value")
     with gr.Row():
         dataset_dir = ui("dataset_dir", gr.Textbox(base["dataset_dir"], label=word("dataset_dir")))
-        datasets = ui("datasets", gr.Dropdown(recipes.dataset_names(str(manager.workdir / base["dataset_dir"])),
+        datasets = ui("datasets", gr.Dropdown(recipes.dataset_names(str(recipes.in_workdir(manager.workdir, base["dataset_dir"]))),
                                               value=list(base["dataset"]), multiselect=True, allow_custom_value=True,
                                               label=word("datasets")))
         max_samples = ui("max_samples", gr.Textbox("", label=word("max_samples")))

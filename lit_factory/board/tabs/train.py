@@ -159,7 +159,7 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
 
     @guarded(outputs=2, status_at=-1)
     def refresh_datasets(dataset_dir: str, lang_code: str) -> tuple:
-        return gr.update(choices=recipes.dataset_names(str(workdir / dataset_dir))), ""
+        return gr.update(choices=recipes.dataset_names(str(recipes.in_workdir(workdir, dataset_dir)))), ""
 
     @guarded(outputs=3, status_at=-1)
     def show_preview(dataset_dir: str, names: list, tokenizer: str, model_path: str, template: str, stage: str,
@@ -236,6 +236,6 @@ def _dataset_choices(dataset_dir: str, workdir: Any) -> list[str]:
     from lit_factory.errors import LitFactoryError
 
     try:
-        return recipes.dataset_names(str(workdir / dataset_dir))
+        return recipes.dataset_names(str(recipes.in_workdir(workdir, dataset_dir)))
     except LitFactoryError:
         return []
