@@ -128,7 +128,7 @@ def test_ui_recipe_is_run_unchanged_by_fit_and_the_run_finishes_with_a_loss_curv
     assert (run_dir / "model.safetensors").is_file()
     # Lightning's regular checkpoint beside the stop checkpoint; no resume-from-last warning, no product tips
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert "ckpt_path=None" not in log and "Tip:" not in log
+    assert "ckpt_path=None" not in log and "Tip:" not in log and "args parameter is intended" not in log
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ def run_output(manager: RunManager, name: str) -> tuple[str, str, str]:
     run = manager.get(name)
     folder = run.log_dir
     if (folder / "adapter_config.json").is_file():
-        config = next((folder / name for name in RUN_CONFIG_FILES if (folder / name).is_file()), None)
+        config = next((folder / file for file in RUN_CONFIG_FILES if (folder / file).is_file()), None)
         if config is None:
             raise LitFactoryError(f"run {name!r}: no {' or '.join(RUN_CONFIG_FILES)} in {folder} names the base "
                                   "model of its adapter. Fix: give the base model path and the adapter folder.")
