@@ -348,7 +348,8 @@ def _data_section(data: dict[str, Any], form: TrainForm, workdir: Path) -> dict[
     dataset_dir = (form.dataset_dir or "").strip()
     if not dataset_dir:
         raise LitFactoryError("dataset folder: empty. Fix: give the folder that holds dataset_info.json.")
-    known = dataset_names(str(in_workdir(workdir, dataset_dir)))
+    folder = in_workdir(workdir, dataset_dir)
+    known = dataset_names(str(folder))
     chosen = list(form.datasets or [])
     if not chosen:
         raise LitFactoryError(f"datasets: none chosen. Fix: pick at least one of {known}.")
