@@ -29,6 +29,7 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "expand": ("lit_factory.model.expand:main", "LLaMA Pro block expansion: lit-factory expand --model PATH --output DIR --num-expand N"),
     "board": ("lit_factory.board.app:main", "web UI to configure, run and watch fine-tuning: lit-factory board"),
     "data": ("lit_factory.data.preview:main", "preview a recipe's data: statistics and samples with the loss marked: lit-factory data --config RECIPE"),
+    "recipes": ("lit_factory.shipped:main", "list, show or copy the shipped recipes: lit-factory recipes copy sft/lora.yaml"),
 }
 
 HELP = f"""usage: lit-factory <subcommand> [--config RECIPE.yaml] [--section.key VALUE ...]
@@ -60,6 +61,20 @@ def _config_paths(args: list[str]) -> list[str]:
     return paths
 
 
+def _shipped_configs(args: list[str]) -> list[str]:
+    """``args`` with each ``--config recipes/...`` that does not exist here pointing at the shipped recipe, so the
+    README's commands run from any folder once the package is installed."""
+    from lit_factory.shipped import resolve_shipped_path
+
+    resolved = list(args)
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--config") and i + 1 < len(args):
+            resolved[i + 1] = resolve_shipped_path(args[i + 1])
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + resolve_shipped_path(arg.split("=", 1)[1])
+    return resolved
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -69,6 +84,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(__version__)
         return 0
     subcommand = args[0]
+    args = [subcommand, *_shipped_configs(args[1:])]
     if subcommand in TOOL_SUBCOMMANDS:
         return run_tool_subcommand(subcommand, args[1:])
     if subcommand not in TRAINER_SUBCOMMANDS:
@@ -82,7 +98,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lit_factory.lightning_cli import run_trainer_subcommand
 
     try:
-        run_trainer_subcommand(None if argv is None else args)
+        run_trainer_subcommand(args)
     except LitFactoryError as err:
         return fail(str(err))
     except SystemExit as exit_:

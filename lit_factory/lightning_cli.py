@@ -77,9 +77,19 @@ def _user_error_in_chain(err: BaseException) -> Optional[LitFactoryError]:
 
 def run_trainer_subcommand(args: Optional[list[str]]) -> None:
     """Run fit/validate/test/predict; ``args=None`` reads ``sys.argv``."""
+    import logging
+    import warnings
+
     from lightning.pytorch import LightningDataModule
 
     from lit_factory.stages.base import Stage
+
+    # Lightning's product tips (litlogger, litmodels) are nothing a user of a run can act on.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "💡 Tip" not in record.getMessage())
+    # `lit-factory` hands LightningCLI the command line it was given (with shipped recipe paths resolved), which
+    # Lightning takes for a mix of Python and command-line arguments.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
     FactoryCLI(
         Stage,

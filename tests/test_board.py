@@ -148,6 +148,20 @@ def test_preview_marks_exactly_the_template_loss_segments():
         assert tag + html_lib.escape(text) in page
 
 
+def test_preview_count_honours_max_samples_as_the_pipeline_does():
+    from lit_factory.board.preview import preview_datasets
+    from lit_factory.data.datamodule import DataModule
+
+    tokenizer_dir = str(REPO / "lit_factory" / "assets" / "sparrow-tokenizer")
+    summary, page = preview_datasets("lit_factory/assets/demo", ["sparrow_sft"], tokenizer_dir, "chatml", count=5,
+                                     workdir=REPO, max_samples=3)
+    module = DataModule("sparrow_sft", dataset_dir=str(REPO / "lit_factory/assets/demo"), tokenizer=tokenizer_dir,
+                        template="chatml", max_samples=3, shuffle=False)
+    module.setup()
+    assert summary == f"sparrow_sft: {len(module.train_set)} / 3" and len(module.train_set) == 3
+    assert page.count('<pre class="sample">') == 3
+
+
 def test_a_second_launch_while_one_runs_is_refused(tmp_path):
     import subprocess
 
@@ -197,3 +211,30 @@ def test_chat_reply_streams_piece_by_piece_into_the_history(tmp_path):
     replies = [update[3]["content"] for update in updates]
     # a random model's greedy reply (seeded: 12 tokens of noise) arrives in several pieces, each extending the last
     assert reference.text and len(updates) >= 2 and all(b.startswith(a) for a, b in zip(replies, replies[1:]))
+
+
+def test_runs_started_from_the_cli_are_offered_to_chat_evaluate_and_export(tmp_path):
+    import yaml
+
+    from lit_factory.board.runs import RunManager
+    from lit_factory.board.tabs.chat import run_output
+
+    # What `lit-factory fit` leaves: LightningCLI's config.yaml beside the saved adapter (or model).
+    cli_run = tmp_path / "runs" / "sft-lora" / "version_0"
+    (cli_run / "checkpoints").mkdir(parents=True)
+    (cli_run / "adapter_config.json").write_text("{}")
+    (cli_run / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {"init_args": {"model": {"path": "Qwen/Qwen2.5-0.5B-Instruct"}}}}))
+    full_run = tmp_path / "runs" / "quickstart" / "version_3"
+    full_run.mkdir(parents=True)
+    (full_run / "config.json").write_text("{}")
+    (full_run / "config.yaml").write_text("model: {}\n")
+    (full_run / ".saving").mkdir()  # a staging folder a kill left behind is no run
+    (full_run / ".saving" / "config.json").write_text("{}")
+    (tmp_path / "runs" / "exported").mkdir()
+    (tmp_path / "runs" / "exported" / "config.json").write_text("{}")  # a bare model folder, not a run
+
+    manager = RunManager(tmp_path)
+    assert manager.discover() == ["runs/quickstart/version_3", "runs/sft-lora/version_0"]
+    assert run_output(manager, "runs/sft-lora/version_0") == ("Qwen/Qwen2.5-0.5B-Instruct", str(cli_run), "")
+    assert run_output(manager, "runs/quickstart/version_3") == (str(full_run), "", "")

@@ -19,11 +19,21 @@ pytest.importorskip("gradio", reason="the board needs the optional 'board' extra
 from test_board_server import start_board  # noqa: E402
 
 from lit_factory.board.locales import labels  # noqa: E402
+from lit_factory.board.tabs.train import LOSS_COLORS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+
+
+def line_pixels(png: Path, color: str) -> int:
+    """Pixels within a small distance of ``color`` (#rrggbb) in a screenshot: the drawn line, antialiased."""
+    from PIL import Image
+
+    target = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    image = Image.open(png).convert("RGB")
+    return sum(1 for pixel in image.getdata() if sum(abs(a - b) for a, b in zip(pixel, target)) < 60)
 
 
 def fill(page, elem_id: str, value: str) -> None:
@@ -51,14 +61,29 @@ def test_browser_fills_the_train_tab_runs_and_shows_the_loss_curve(tmp_path):
             page.locator("#start_button").click()
             page.locator("#status").get_by_text("Started run").wait_for(timeout=60_000)
             page.locator("#progress").get_by_text("finished").wait_for(timeout=300_000)
-            # one drawn mark per logged step: vega draws the line into the plot's canvas or svg
-            page.locator("#loss_plot canvas, #loss_plot svg").first.wait_for(timeout=30_000)
             page.wait_for_timeout(2500)  # the monitor's next tick redraws the final points
             page.locator("#loss_plot").scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "board-train.png"), full_page=True)
+            # What a person sees: the train/loss line is drawn with a stroke through one point per logged step,
+            # and its colour fills pixels of the plot (a line without stroke leaves none).
+            line = page.locator("#loss_plot path[aria-roledescription='line mark']").first
+            line.wait_for(timeout=30_000)
+            assert line.get_attribute("stroke") == LOSS_COLORS["train/loss"]
+            assert line.get_attribute("d").count("L") == 5  # 6 points: a move and five line segments
+            page.locator("#loss_plot").screenshot(path=str(ARTIFACTS / "board-loss-plot.png"))
+            assert line_pixels(ARTIFACTS / "board-loss-plot.png", LOSS_COLORS["train/loss"]) > 200
+            # The log box shows the end of the log, not its first lines.
+            scroll = page.evaluate("() => { const box = document.querySelector('#log textarea');"
+                                   " return [box.scrollTop, box.scrollHeight, box.clientHeight]; }")
+            assert scroll[1] > scroll[2] and scroll[0] + scroll[2] >= scroll[1] - 5
             assert "step 6 / 6" in page.locator("#progress").inner_text()
             assert page.locator("#recipe_yaml").get_by_text("max_steps: 6").count() >= 1
 
+            for tab in ("chat", "evaluate", "export"):
+                page.get_by_role("tab", name=labels("en")[f"tab_{tab}"]).click()
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(ARTIFACTS / f"board-{tab}.png"), full_page=True)
+            page.get_by_role("tab", name=labels("en")["tab_train"]).click()
             for code in ("zh", "ru"):
                 page.locator("#language input").click()
                 page.get_by_role("option", name={"zh": "中文", "ru": "Русский"}[code]).click()

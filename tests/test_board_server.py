@@ -123,10 +123,12 @@ def test_ui_recipe_is_run_unchanged_by_fit_and_the_run_finishes_with_a_loss_curv
     points = [row for row in curve["data"] if row[2] == "train/loss"]
     assert [row[0] for row in points] == [0, 1, 2, 3, 4]  # log_every_n_steps=1: one point per step
     assert all(value > 0 for _, value, _ in points)
-    # the plot's axes are numbers even before a run is picked (the page keeps the first axis kinds it saw)
-    empty = board.predict(None, "en", api_name="/monitor")[2]
-    assert empty["datatypes"] == {"step": "quantitative", "loss": "quantitative", "series": "nominal"}
+    # no run, no points: the plot is cleared (None), not given an empty frame (which leaves later lines unstroked)
+    assert board.predict(None, "en", api_name="/monitor")[2] is None
     assert (run_dir / "model.safetensors").is_file()
+    # Lightning's regular checkpoint beside the stop checkpoint; no resume-from-last warning, no product tips
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "ckpt_path=None" not in log and "Tip:" not in log and "args parameter is intended" not in log
 
 
 @pytest.mark.slow

@@ -13,9 +13,11 @@ import functools
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from lit_factory.board.guard import HostOriginGuard, default_allowed_hosts, is_loopback, parse_auth
 from lit_factory.board.locales import LANGUAGES, labels, text
 from lit_factory.board.runs import RunManager
 from lit_factory.errors import LitFactoryError
@@ -155,18 +157,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     parser.add_argument("--workdir", default=".", help="folder runs start in; recipe paths are relative to it")
     parser.add_argument("--recipe", default="quickstart.yaml", help="recipe the Train tab starts from")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (set it when --host is not "
+                        "127.0.0.1: anyone who reaches the board can start runs and write files)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a host name browsers may use to reach the board besides IP addresses, localhost "
+                             "and this machine's name (repeatable; other Host/Origin headers get 403)")
     args = parser.parse_args(argv)
+    auth = parse_auth(args.auth)
     if not Path(args.workdir).is_dir():
         raise LitFactoryError(f"--workdir: {args.workdir!r} is not a folder. Fix: give an existing folder.")
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise LitFactoryError("board: gradio is not installed. Fix: pip install 'lit-factory[board]'.") from None
+    from starlette.middleware import Middleware
+
     app = build_app(args.workdir, args.recipe)
     print(f"lit-factory board on http://{args.host}:{args.port} (Ctrl-C to quit)", flush=True)
+    if auth is None and not is_loopback(args.host):
+        print(f"lit-factory board: warning: serving on {args.host} without --auth; anyone who reaches it can start "
+              "runs and write files in the workdir", file=sys.stderr, flush=True)
+    guard = Middleware(HostOriginGuard, allowed_hosts=default_allowed_hosts(args.allowed_host))
     try:
         app.queue(default_concurrency_limit=4).launch(
-            server_name=args.host, server_port=args.port, ssr_mode=False, quiet=True, css=CSS,
+            server_name=args.host, server_port=args.port, ssr_mode=False, quiet=True, css=CSS, auth=auth,
+            app_kwargs={"middleware": [guard]},
         )
     finally:
         app.board_manager.shutdown()

@@ -44,9 +44,10 @@ def render_row(row: dict[str, Any], template: Any, bos: str, eos: str) -> list[t
 
 def preview_datasets(
     dataset_dir: str, names: list[str], tokenizer_path: Optional[str], template_name: str, count: int = 3,
-    workdir: str | Path = ".", pretrain: bool = False,
+    workdir: str | Path = ".", pretrain: bool = False, max_samples: Optional[int] = None,
 ) -> tuple[str, str]:
-    """``(summary, html)``: example counts per dataset and the first ``count`` rows of each, rendered."""
+    """``(summary, html)``: example counts per dataset and the first ``count`` rows of each, rendered.
+    ``max_samples`` cuts each dataset to its first rows before alignment, as the run's pipeline does."""
     from lit_factory.data.align import align_dataset, align_text
     from lit_factory.data.loader import load_dataset_file
     from lit_factory.data.spec import get_dataset_spec
@@ -55,10 +56,12 @@ def preview_datasets(
 
     if not names:
         raise LitFactoryError("datasets: none chosen. Fix: pick at least one dataset to preview.")
-    folder = Path(dataset_dir) if Path(dataset_dir).is_absolute() else Path(workdir) / dataset_dir
+    from lit_factory.board.recipe import in_workdir
+
+    folder = in_workdir(workdir, dataset_dir)
     tokenizer = None
     if tokenizer_path:
-        local = Path(workdir) / tokenizer_path
+        local = in_workdir(workdir, tokenizer_path)
         tokenizer = load_tokenizer(str(local) if local.exists() else tokenizer_path)
     bos, eos = special_tokens(tokenizer) if tokenizer is not None else ("", "")
     template = None if pretrain else get_template(template_name or "auto", tokenizer)
@@ -66,6 +69,8 @@ def preview_datasets(
     for name in names:
         spec = get_dataset_spec(name, folder)
         raw = load_dataset_file(spec)
+        if max_samples is not None and max_samples < len(raw):
+            raw = raw.select(range(max_samples))
         if pretrain:
             aligned = align_text(raw, spec)
             column = aligned.column_names[0]

@@ -70,3 +70,21 @@ class ProgressFile(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._write(trainer, "stopped" if isinstance(exception, KeyboardInterrupt) else "failed")
+
+
+class StopCheckpoint(Callback):
+    """Save ``<dirpath>/last.ckpt`` when training ends by an exception: Stop's SIGINT (a ``KeyboardInterrupt``).
+
+    Lightning's ``OnExceptionCheckpoint`` does the same, but its presence makes every ``fit`` without a
+    ``ckpt_path`` resume from ``last`` (with a misleading ``.fit(ckpt_path=None)`` warning), so a new run in a folder
+    with an old checkpoint would continue it. The board asks for a resume explicitly (``--ckpt_path last``).
+
+    Args:
+        dirpath: The run's checkpoint folder.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))

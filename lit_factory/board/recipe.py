@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.shipped import list_recipes as shipped_recipes
+from lit_factory.shipped import resolve_shipped_path, shipped_dir
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-RECIPES_DIR = REPO_DIR / "recipes"
+RECIPES_DIR = shipped_dir("recipes")
 # Stage arguments every stage shares; the others are the stage's own options (shown as YAML in the form).
 COMMON_STAGE_ARGS = ("model", "finetuning", "optimizer", "lr_schedule", "warmup_steps")
 # Finetuning arguments with their own fields in the form; the rest go to the method's options YAML.
@@ -71,8 +72,9 @@ FORM_FIELDS = [f.name for f in fields(TrainForm)]
 
 
 def list_recipes() -> list[str]:
-    """Recipe files under ``recipes/``, as paths relative to it (``quickstart.yaml``, ``sft/lora.yaml``...)."""
-    return sorted(str(path.relative_to(RECIPES_DIR)) for path in RECIPES_DIR.rglob("*.yaml"))
+    """Base recipes under ``recipes/``, as paths relative to it (``quickstart.yaml``, ``sft/lora.yaml``...); not the
+    method overlays (``methods/*``), which hold only a method's settings and would blank the form."""
+    return shipped_recipes(include_methods=False)
 
 
 def load_recipe(name: str) -> dict[str, Any]:
@@ -240,12 +242,22 @@ def _options(label: str, text: str) -> dict[str, Any]:
     return value
 
 
+def in_workdir(workdir: str | Path, path: str) -> Path:
+    """A path the form names, as the run (started in ``workdir``) will read it: relative to ``workdir``, or the
+    copy shipped with lit-factory (``lit_factory/assets/demo``...) when the workdir has none."""
+    given = Path(path).expanduser()
+    if given.is_absolute():
+        return given
+    local = Path(workdir) / given
+    return local if local.exists() else Path(resolve_shipped_path(str(given)))
+
+
 def _names(text: str) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def _check_model_path(path: str, workdir: Path) -> None:
-    if (workdir / Path(path).expanduser()).is_dir():
+    if in_workdir(workdir, path).is_dir():
         return
     if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
         raise LitFactoryError(
@@ -336,7 +348,7 @@ def _data_section(data: dict[str, Any], form: TrainForm, workdir: Path) -> dict[
     dataset_dir = (form.dataset_dir or "").strip()
     if not dataset_dir:
         raise LitFactoryError("dataset folder: empty. Fix: give the folder that holds dataset_info.json.")
-    folder = Path(dataset_dir) if Path(dataset_dir).is_absolute() else workdir / dataset_dir
+    folder = in_workdir(workdir, dataset_dir)
     known = dataset_names(str(folder))
     chosen = list(form.datasets or [])
     if not chosen:
@@ -398,15 +410,21 @@ def _trainer_section(trainer: dict[str, Any], form: TrainForm) -> dict[str, Any]
     }
     log_dir = str(output_dir / run_name)
     callbacks = [c for c in _as_callbacks(trainer.get("callbacks"))
-                 if _class_name(c, "") not in ("ProgressFile", "OnExceptionCheckpoint")]
+                 if _class_name(c, "") not in ("ProgressFile", "StopCheckpoint")]
     callbacks += [
         # The board's progress bar reads this file (step, total, timing) while the run trains.
         {"class_path": "lit_factory.board.progress.ProgressFile"},
-        # Stop sends SIGINT; Lightning then saves checkpoints/last.ckpt, which Resume continues from with
+        # Stop sends SIGINT; this then saves checkpoints/last.ckpt, which Resume continues from with
         # `--ckpt_path last` (Lightning looks for last*.ckpt beside the run's ModelCheckpoint).
-        {"class_path": "lightning.pytorch.callbacks.OnExceptionCheckpoint",
-         "init_args": {"dirpath": f"{log_dir}/checkpoints", "filename": "last"}},
+        {"class_path": "lit_factory.board.progress.StopCheckpoint",
+         "init_args": {"dirpath": f"{log_dir}/checkpoints"}},
     ]
+    # Besides the stop checkpoint, the regular ones (a kill or OOM keeps the newest), unless the recipe has its own.
+    if trainer.get("enable_checkpointing", True) is not False and not any(
+            _class_name(c, "") == "ModelCheckpoint" for c in callbacks):
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                          "init_args": {"dirpath": f"{log_dir}/checkpoints", "save_last": True,
+                                        "enable_version_counter": False}})  # Resume updates last.ckpt, not -v1
     trainer["callbacks"] = callbacks
     return trainer
 

@@ -23,6 +23,8 @@ from lit_factory.errors import LitFactoryError
 
 RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "board.log"
+# The recipe a run folder was made from: the board's copy, or the resolved config LightningCLI saves.
+RUN_CONFIG_FILES = (RECIPE_FILE, "config.yaml")
 
 
 @dataclass
@@ -130,6 +132,21 @@ class RunManager:
         run = Run(name=self.run_name(folder), log_dir=folder)
         self.runs[run.name] = run
         return run
+
+    def discover(self, folder: str = "runs") -> list[str]:
+        """Names of the runs to pick from: those this board knows plus every run folder under ``<workdir>/<folder>``
+        that saved a model or adapter, started from the CLI too (``lit-factory fit`` writes its resolved
+        ``config.yaml`` beside the outputs)."""
+        root = self._abs(folder)
+        found = [*root.glob("**/config.json"), *root.glob("**/adapter_config.json")] if root.is_dir() else []
+        for output in sorted(found):
+            run_dir = output.parent
+            hidden = any(part.startswith(".") for part in run_dir.relative_to(root).parts)  # staging folders
+            if not hidden and any((run_dir / name).is_file() for name in RUN_CONFIG_FILES):
+                name = self.run_name(run_dir)
+                if not any(run.log_dir == run_dir for run in self.runs.values()):
+                    self.runs[name] = Run(name=name, log_dir=run_dir)
+        return list(self.runs)
 
     def get(self, name: str) -> Run:
         if not name or name not in self.runs:

@@ -17,6 +17,7 @@ from lit_factory.data.pipeline import OBJECTIVES, Preprocessing, mix_datasets, p
 from lit_factory.data.spec import get_dataset_spec
 from lit_factory.data.templates import AnyTemplate, get_template
 from lit_factory.errors import LitFactoryError
+from lit_factory.shipped import resolve_shipped_path
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -121,7 +122,7 @@ class DataModule(pl.LightningDataModule):
         if interleave_probs is not None and len(interleave_probs) != len(self.dataset_names):
             raise LitFactoryError(f"data.interleave_probs has {len(interleave_probs)} values for "
                                   f"{len(self.dataset_names)} datasets. Fix: one probability per dataset.")
-        self.dataset_dir = dataset_dir
+        self.dataset_dir = resolve_shipped_path(dataset_dir)
         self.objective = objective
         self.template_name = template
         self.cutoff_len = cutoff_len
@@ -155,7 +156,7 @@ class DataModule(pl.LightningDataModule):
             from transformers import AutoTokenizer
 
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer)
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_shipped_path(self._tokenizer))
             except (OSError, ValueError) as err:
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise LitFactoryError(

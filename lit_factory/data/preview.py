@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.shipped import resolve_shipped_path
 
 LOSS_OPEN, LOSS_CLOSE = "«", "»"
 
@@ -142,6 +143,7 @@ def main(argv: list[str]) -> int:
                  "template": args.template, "objective": args.objective, "cutoff_len": args.cutoff_len,
                  "max_samples": args.max_samples}
     settings.update({key: value for key, value in overrides.items() if value is not None})
+    settings["dataset_dir"] = resolve_shipped_path(settings.get("dataset_dir", "data"))
     for key in ("dataset", "tokenizer"):
         if not settings.get(key):
             raise LitFactoryError(f"lit-factory data: no {key} given. Fix: --{key} or --config with a recipe.")

@@ -43,13 +43,14 @@ from typing import TYPE_CHECKING, Any, Union
 
 from lit_factory.data.tool_messages import read_function, read_observation
 from lit_factory.errors import LitFactoryError
+from lit_factory.shipped import shipped_dir
 
 if TYPE_CHECKING:
     from lit_factory.data.tokenizer_template import TokenizerTemplate
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES_DIR = shipped_dir("templates")
 
 Message = dict[str, str]
 USER_SIDE = ("user", "observation")

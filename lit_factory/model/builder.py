@@ -98,7 +98,9 @@ class ModelArgs:
 
     @property
     def tokenizer_path(self) -> str:
-        return self.tokenizer or self.path  # type: ignore[return-value]
+        from lit_factory.shipped import resolve_shipped_path
+
+        return resolve_shipped_path(self.tokenizer or self.path)  # type: ignore[arg-type]
 
 
 def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":

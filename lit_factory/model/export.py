@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.permissions import apply_umask_modes
 
 
 def write_atomically(output: Path, write: Callable[[Path], None]) -> Path:
@@ -23,6 +24,7 @@ def write_atomically(output: Path, write: Callable[[Path], None]) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         write(staging)
+        apply_umask_modes(staging)  # mkdtemp's 0700 and transformers' 0600 safetensors: readable as umask allows
         if output.exists():
             output.rmdir()
         staging.replace(output)

@@ -229,6 +229,7 @@ class Stage(pl.LightningModule):
         replaced (``lit_factory.stages.run_folder``): the save then fails before anything moves.
         """
         from lit_factory.stages.run_folder import check_replaceable, write_manifest
+        from lit_factory.permissions import apply_umask_modes
 
         directory = Path(directory)
         staging = directory / ".saving"
@@ -241,6 +242,7 @@ class Stage(pl.LightningModule):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         write_manifest(staging, directory)
+        apply_umask_modes(staging)  # transformers writes safetensors 0600; saved files follow the user's umask
         for item in staging.iterdir():
             target = directory / item.name
             if target.is_dir():

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from lit_factory.board import recipe as recipes
 from lit_factory.board.locales import text
-from lit_factory.board.runs import RECIPE_FILE, RunManager
+from lit_factory.board.runs import RUN_CONFIG_FILES, RunManager
 from lit_factory.errors import LitFactoryError
 
 
@@ -24,7 +24,11 @@ def run_output(manager: RunManager, name: str) -> tuple[str, str, str]:
     run = manager.get(name)
     folder = run.log_dir
     if (folder / "adapter_config.json").is_file():
-        recipe = yaml.safe_load((folder / RECIPE_FILE).read_text(encoding="utf-8"))
+        config = next((folder / file for file in RUN_CONFIG_FILES if (folder / file).is_file()), None)
+        if config is None:
+            raise LitFactoryError(f"run {name!r}: no {' or '.join(RUN_CONFIG_FILES)} in {folder} names the base "
+                                  "model of its adapter. Fix: give the base model path and the adapter folder.")
+        recipe = yaml.safe_load(config.read_text(encoding="utf-8"))
         model_args = recipe["model"]["init_args"]["model"]
         if not model_args.get("path"):
             raise LitFactoryError(
@@ -127,8 +131,8 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
             message = " ".join(str(err).split()) if isinstance(err, LitFactoryError) else f"{type(err).__name__}: {err}"
             yield history, user_text, text(lang_code, "msg_error", message=message)
 
-    refresh.click(lambda: gr.update(choices=list(manager.runs)), None, run_pick, api_name=False)
-    run_pick.focus(lambda: gr.update(choices=list(manager.runs)), None, run_pick, api_name=False)
+    refresh.click(lambda: gr.update(choices=manager.discover()), None, run_pick, api_name=False)
+    run_pick.focus(lambda: gr.update(choices=manager.discover()), None, run_pick, api_name=False)
     run_pick.change(use_run, [run_pick, lang], [model_path, adapter, tokenizer, status], api_name="chat_use_run")
     load_button.click(load, [model_path, adapter, tokenizer, template, lang], status, api_name="chat_load")
     unload_button.click(unload, lang, status, api_name="chat_unload")
@@ -141,7 +145,7 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
 def local_path(manager: RunManager, value: str) -> str:
     """A path relative to the board's working directory made absolute; a hub id (or nothing) as given."""
     value = (value or "").strip()
-    local = Path(value) if Path(value).is_absolute() else manager.workdir / value
+    local = recipes.in_workdir(manager.workdir, value)
     return str(local) if value and local.exists() else value
 
 

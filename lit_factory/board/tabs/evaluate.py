@@ -89,7 +89,7 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     ui("eval_predict", gr.Markdown(f"### {word('eval_predict')}"), "value")
     with gr.Row():
         dataset_dir = ui("dataset_dir", gr.Textbox(base["dataset_dir"], label=word("dataset_dir")))
-        datasets = ui("datasets", gr.Dropdown(recipes.dataset_names(str(manager.workdir / base["dataset_dir"])),
+        datasets = ui("datasets", gr.Dropdown(recipes.dataset_names(str(recipes.in_workdir(manager.workdir, base["dataset_dir"]))),
                                               value=list(base["dataset"]), multiselect=True, allow_custom_value=True,
                                               label=word("datasets")))
         max_samples = ui("max_samples", gr.Textbox("", label=word("max_samples")))
@@ -155,7 +155,7 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
                                   subjects, split_name, shots, prompt_language)
         return text(lang_code, "msg_choice_done", task=task_name, n_shot=shots), choice_table(scored)
 
-    run_pick.focus(lambda: gr.update(choices=list(manager.runs)), None, run_pick, api_name=False)
+    run_pick.focus(lambda: gr.update(choices=manager.discover()), None, run_pick, api_name=False)
     run_pick.change(use_run, [run_pick, lang], [model, adapter, tokenizer, status], api_name="eval_use_run")
     predict_button.click(predict, [model, adapter, tokenizer, template, dataset_dir, datasets, max_samples,
                                    max_new_tokens, output_dir, lang], [status, predict_run, predict_table],

@@ -48,6 +48,6 @@ def build_export_tab(ui: Any, manager: RunManager, lang: Any) -> None:
                              dtype=dtype_name, max_shard_size=(max_shard or "2GB").strip())
         return text(lang_code, "msg_exported", path=saved)
 
-    run_pick.focus(lambda: gr.update(choices=list(manager.runs)), None, run_pick, api_name=False)
+    run_pick.focus(lambda: gr.update(choices=manager.discover()), None, run_pick, api_name=False)
     run_pick.change(use_run, [run_pick, lang], [model, adapter, status], api_name="export_use_run")
     export_button.click(export, [model, adapter, output, dtype, shard, lang], status, api_name="export")

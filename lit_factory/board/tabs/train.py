@@ -11,6 +11,11 @@ from lit_factory.board.locales import text
 from lit_factory.board.runs import RunManager, log_tail, loss_curve, progress_summary
 
 MONITOR_SECONDS = 2.0  # how often an open page redraws progress, log and loss curve
+# Fixed line colours per series (the browser test looks for them in a screenshot).
+LOSS_COLORS = {"train/loss": "#1f77b4", "val/loss": "#ff7f0e"}
+# The log box follows the end of the log: gradio's Textbox `autoscroll` leaves it at the top (gradio 6.31).
+FOLLOW_LOG_END = ("() => { setTimeout(() => { const box = document.querySelector('#log textarea');"
+                  " if (box) box.scrollTop = box.scrollHeight; }, 50); }")
 
 
 def new_run_name() -> str:
@@ -122,7 +127,7 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
     progress = gr.HTML(elem_id="progress")
     with gr.Row():
         loss_plot = ui("loss_plot", gr.LinePlot(x="step", y="loss", color="series", label=word("loss_plot"),
-                                                elem_id="loss_plot", height=300))
+                                                color_map=LOSS_COLORS, elem_id="loss_plot", height=300))
         log_box = ui("log", gr.Textbox(label=word("log"), lines=14, max_lines=14, autoscroll=True, elem_id="log"))
 
     # ---- handlers ----------------------------------------------------------------------------------------------
@@ -154,21 +159,19 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
 
     @guarded(outputs=2, status_at=-1)
     def refresh_datasets(dataset_dir: str, lang_code: str) -> tuple:
-        return gr.update(choices=recipes.dataset_names(str(workdir / dataset_dir))), ""
+        return gr.update(choices=recipes.dataset_names(str(recipes.in_workdir(workdir, dataset_dir)))), ""
 
     @guarded(outputs=3, status_at=-1)
     def show_preview(dataset_dir: str, names: list, tokenizer: str, model_path: str, template: str, stage: str,
-                     lang_code: str) -> tuple:
+                     max_samples: str, lang_code: str) -> tuple:
         from lit_factory import stages
-
-        pretrain = getattr(stages, stage).data_objective == "pretrain"
-        summary, rendered = recipes_preview(dataset_dir, names, tokenizer or model_path, template, pretrain)
-        return text(lang_code, "msg_preview", counts=summary), rendered, ""
-
-    def recipes_preview(dataset_dir: str, names: list, tokenizer: str, template: str, pretrain: bool) -> tuple:
         from lit_factory.board.preview import preview_datasets
 
-        return preview_datasets(dataset_dir, list(names or []), tokenizer, template, 3, workdir, pretrain)
+        pretrain = getattr(stages, stage).data_objective == "pretrain"
+        limit = recipes.parse_optional_int("max samples", max_samples)
+        summary, rendered = preview_datasets(dataset_dir, list(names or []), tokenizer or model_path, template, 3,
+                                             workdir, pretrain, limit)
+        return text(lang_code, "msg_preview", counts=summary), rendered, ""
 
     @guarded(outputs=2, status_at=-1)
     def show_recipe(base_name: str, *values: Any) -> tuple:
@@ -198,10 +201,11 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
     @guarded(outputs=3, status_at=0)
     def monitor(run_name: str, lang_code: str) -> tuple:
         points = loss_curve(manager.get(run_name).log_dir) if run_name in manager.runs else []
-        # Typed columns even when empty: the plot picks its axis kinds (number vs category) from them.
+        # No points: clear the plot (None), never an empty frame; once drawn empty, gradio's line plot keeps a
+        # colour scale without domain and later lines get no stroke (a blank plot with scaled axes).
         frame = pd.DataFrame({"step": pd.Series([p[0] for p in points], dtype="int64"),
                               "loss": pd.Series([p[1] for p in points], dtype="float64"),
-                              "series": pd.Series([p[2] for p in points], dtype="object")})
+                              "series": pd.Series([p[2] for p in points], dtype="object")}) if points else None
         if run_name not in manager.runs:
             return "", "", frame
         run = manager.get(run_name)
@@ -213,7 +217,8 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
     fields["dataset_dir"].submit(refresh_datasets, [fields["dataset_dir"], lang], [fields["datasets"], status],
                                  api_name="refresh_datasets")
     preview_button.click(show_preview, [fields["dataset_dir"], fields["datasets"], fields["tokenizer"],
-                                        fields["model_path"], fields["template"], fields["stage"], lang],
+                                        fields["model_path"], fields["template"], fields["stage"],
+                                        fields["max_samples"], lang],
                          [preview_count, preview, status], api_name="preview")
     show_button.click(show_recipe, [base, *form, lang], [recipe_view, status], api_name="show_recipe")
     start_button.click(start, [base, *form, lang], [recipe_view, status, run_select, fields["run_name"]],
@@ -222,6 +227,7 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
     resume_button.click(resume, [run_select, lang], [status, run_select], api_name="resume")
     watch_button.click(watch, [watch_dir, lang], [status, run_select], api_name="watch")
     run_select.change(monitor, [run_select, lang], [progress, log_box, loss_plot], api_name="monitor")
+    log_box.change(None, None, None, js=FOLLOW_LOG_END, api_name=False)
     gr.Timer(MONITOR_SECONDS).tick(monitor, [run_select, lang], [progress, log_box, loss_plot], api_name=False,
                                    show_progress="hidden")
 
@@ -230,6 +236,6 @@ def _dataset_choices(dataset_dir: str, workdir: Any) -> list[str]:
     from lit_factory.errors import LitFactoryError
 
     try:
-        return recipes.dataset_names(str(workdir / dataset_dir))
+        return recipes.dataset_names(str(recipes.in_workdir(workdir, dataset_dir)))
     except LitFactoryError:
         return []
