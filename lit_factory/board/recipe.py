@@ -421,7 +421,7 @@ def _trainer_section(trainer: dict[str, Any], form: TrainForm) -> dict[str, Any]
     ]
     # Besides the stop checkpoint, the regular ones (a kill or OOM keeps the newest), unless the recipe has its own.
     if trainer.get("enable_checkpointing", True) is not False and not any(
-            _class_name(c, "") == "ModelCheckpoint" for c in callbacks):
+            _class_name(c, "") in ("ModelCheckpoint", "PeriodicCheckpoint") for c in callbacks):
         callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                           "init_args": {"dirpath": f"{log_dir}/checkpoints", "save_last": True,
                                         "enable_version_counter": False}})  # Resume updates last.ckpt, not -v1
