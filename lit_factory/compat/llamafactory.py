@@ -259,7 +259,7 @@ def _model_args(keys: _Keys) -> dict[str, Any]:
     model["trust_remote_code"] = bool(keys.take("trust_remote_code", False, "model.init_args.model.trust_remote_code"))
     bits = keys.take("quantization_bit", None, "model.init_args.model.quantization")
     if bits is not None:
-        method = keys.take("quantization_method", "bnb")
+        method = keys.take("quantization_method", "bnb", "model.init_args.model.quantization (bitsandbytes)")
         if method != "bnb":
             raise keys.fail("quantization_method", "is not supported yet; lit-factory quantizes with bitsandbytes (bnb)")
         if bits == 4:
@@ -327,8 +327,8 @@ def _finetuning(keys: _Keys) -> dict[str, Any]:
     if keys.take("pissa_init", False, "model.init_args.finetuning.init_args.init"):
         iterations = int(keys.take("pissa_iter", 16, "model.init_args.finetuning.init_args.init"))
         init_args["init"] = "pissa" if iterations < 0 else f"pissa_niter_{iterations}"
-        if not keys.take("pissa_convert", True):  # we always save the adapter converted for the original base
-            raise keys.fail("pissa_convert", "is not supported yet; lit-factory saves PiSSA adapters converted")
+        # Our PiSSA adapters are always saved converted for the original base (pissa_convert: false stops earlier).
+        keys.take("pissa_convert", True, "model.init_args.finetuning (saved converted, always)")
     return {"class_path": "lit_factory.model.LoRA", "init_args": init_args}
 
 
@@ -360,7 +360,7 @@ def _optimizer(keys: _Keys, finetuning: dict[str, Any]) -> dict[str, Any]:
             "projection": keys.take("galore_proj_type", "std", "model.init_args.optimizer.init_args.projection"),
             "target_modules": "all" if target == "all" else _names(target)}}
     if keys.take("use_badam", False, "model.init_args.optimizer.class_path"):
-        if keys.take("badam_mode", "layer") != "layer":
+        if keys.take("badam_mode", "layer", "model.init_args.optimizer (BAdam, layer mode)") != "layer":
             raise keys.fail("badam_mode", "is not supported yet; BAdam runs in layer mode here")
         order = keys.take("badam_switch_mode", "ascending", "model.init_args.optimizer.init_args.order")
         if order not in ("ascending", "descending", "random"):
@@ -510,7 +510,8 @@ def _trainer(keys: _Keys, accumulate: int) -> dict[str, Any]:
     keys.used.add("num_train_epochs")
     trainer["gradient_clip_val"] = float(keys.take("max_grad_norm", 1.0, "trainer.gradient_clip_val"))
     trainer["log_every_n_steps"] = int(keys.take("logging_steps", 500, "trainer.log_every_n_steps"))
-    evaluate = keys.take("eval_strategy", keys.take("evaluation_strategy", "no"), "trainer.val_check_interval")
+    evaluate = keys.take("eval_strategy", keys.take("evaluation_strategy", "no", "trainer.val_check_interval"),
+                         "trainer.val_check_interval")
     if evaluate == "steps":
         # Lightning counts validation intervals in batches; transformers in optimizer steps.
         trainer["val_check_interval"] = int(keys.take("eval_steps", 500, "trainer.val_check_interval")) * accumulate
@@ -599,7 +600,9 @@ def _tool_command(keys: _Keys, kind: str) -> list[str]:
         command += ["--output", str(keys.take("export_dir", to="--output"))]
         size = keys.take("export_size", 5, "--max-shard-size")
         command += ["--max-shard-size", f"{int(size)}GB"]
-        keys.take("template")  # an export copies the tokenizer (with its chat template); no template is rendered
+        if keys.take("template"):
+            keys.translation.warnings.append("`template` has no effect on export: the tokenizer is copied with its "
+                                             "own chat template")
         return command
     command += ["--template", str(keys.take("template", None, "--template") or "auto")]
     if keys.take("trust_remote_code", False):
