@@ -6,6 +6,7 @@ convert LF.yaml -o recipe.yaml`` writes the recipe for good.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import tempfile
@@ -89,6 +90,7 @@ def write_temporary_recipe(translation: Translation) -> str:
     handle, path = tempfile.mkstemp(prefix="lit-factory-recipe-", suffix=".yaml")
     with os.fdopen(handle, "w", encoding="utf-8") as file:
         file.write(render_recipe(translation))
+    atexit.register(Path(path).unlink, missing_ok=True)  # the run keeps its resolved config in output_dir
     return path
 
 
