@@ -29,7 +29,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
             first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
             v_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
             linear_value_head_dim=16, sliding_window=64, attention_chunk_size=64, n_group=1, topk_group=1)
-EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts")
+EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
 
 
 def causal_lm_architectures() -> list[str]:
@@ -103,8 +103,12 @@ def verify(model_type: str, workdir: Path) -> dict[str, Any]:
         assert not hasattr(head, "lora_A"), "LoRA wrapped the output head"
         text = model.config.get_text_config()
         experts = {getattr(text, n) for n in EXPERT_COUNT_NAMES if isinstance(getattr(text, n, None), int)}
-        routers = [n for n, m in model.named_modules() if hasattr(m, "lora_A")
-                   and getattr(m.base_layer, "out_features", None) in experts]
+        experts.add(getattr(getattr(text, "ffn_config", None), "moe_num_experts", None))
+        # A router: one output per expert, or a LoRA layer inside a module whose class says it routes.
+        routing = [n for n, m in model.named_modules() if re.search(r"Router|Gating|TopK", type(m).__name__)]
+        routers = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and (
+                   getattr(m.base_layer, "out_features", None) in experts - {None, 1}
+                   or any(n.startswith(r + ".") for r in routing))]
         assert not routers, f"LoRA wrapped MoE routers {routers}"
         row["lora_targets"] = wrapped
         row["verified"].append("LoRA all")
