@@ -29,6 +29,9 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
             first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
             v_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
             linear_value_head_dim=16, sliding_window=64, attention_chunk_size=64, n_group=1, topk_group=1)
+# Configs whose nested parts (vision towers, byte encoders) keep their full size are skipped: on 2 cores they would
+# take minutes and gigabytes each.
+MAX_PARAMETERS = 20_000_000
 EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
 
 
@@ -48,6 +51,17 @@ def tiny_config(model_type: str) -> dict[str, Any]:
     if text is not default:  # a multimodal config: the shape goes to its text part
         return {"model_type": model_type, "text_config": {"model_type": text.model_type, **options}}
     return {"model_type": model_type, **options}
+
+
+def parameter_count(config: dict[str, Any]) -> int:
+    """Parameters of the model ``config`` describes, counted on the meta device (nothing is allocated)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    options = dict(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(options.pop("model_type"), **options))
+    return sum(p.numel() for p in model.parameters())
 
 
 def default_template(model_type: str) -> str:
@@ -76,6 +90,9 @@ def verify(model_type: str, workdir: Path) -> dict[str, Any]:
         config = tiny_config(model_type)
         args = ModelArgs(config=config, tokenizer=SPARROW, dtype="float32", attn_implementation="eager")
         tokenizer = build_tokenizer(args)
+        step = "size"
+        size = parameter_count(config)
+        assert size <= MAX_PARAMETERS, f"the tiny shape does not reach all its parts ({size / 1e6:.0f}M parameters)"
         step = "build"
         torch.manual_seed(0)
         base = build_inference_model(args, tokenizer)
