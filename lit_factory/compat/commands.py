@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +40,7 @@ def llamafactory_args(args: list[str]) -> Union[list[str], int]:
     if verb == "webui":
         return ["board", *rest]
     if verb in VERBS and rest and rest[0].endswith((".yaml", ".yml")):
-        config = read_llamafactory_file(rest[0], [a for a in rest[1:] if "=" in a and not a.startswith("-")])
+        config = read_llamafactory_file(rest[0], _overrides(rest[1:]))
         if config is None:
             return args
         translation = _translated(config, rest[0])
@@ -54,9 +55,16 @@ def llamafactory_args(args: list[str]) -> Union[list[str], int]:
     return args
 
 
+def _overrides(args: list[str]) -> list[str]:
+    """LLaMA-Factory's ``key=value`` words: an identifier before ``=``, and not the value of a preceding option
+    (``--ckpt_path runs/epoch=0-step=4.ckpt``)."""
+    return [arg for i, arg in enumerate(args) if re.match(r"[a-z_][a-z0-9_]*=", arg)
+            and not (i > 0 and args[i - 1].startswith("-") and "=" not in args[i - 1])]
+
+
 def _trainer_args(subcommand: str, rest: list[str]) -> list[str]:
     """Swap each LLaMA-Factory ``--config`` for its translated recipe; ``key=value`` words override its keys."""
-    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    overrides = _overrides(rest)
     out, i, translated = [subcommand], 0, False
     while i < len(rest):
         arg = rest[i]
