@@ -177,6 +177,8 @@ def test_verbs_map_to_our_subcommands():
         "--template", "qwen3_nothink"]
     assert llamafactory_args(["api", inference])[-2:] == ["--backend", "transformers"]
     assert llamafactory_args(["chat", "--model", "x"]) == ["chat", "--model", "x"]  # ours pass through
+    native = ["fit", "--config", "recipes/quickstart.yaml", "--ckpt_path", "runs/epoch=0-step=4.ckpt"]
+    assert llamafactory_args(native) == native  # an option's value with '=' is no LLaMA-Factory override
 
 
 def test_env_version_and_errors_through_the_cli(capsys):
