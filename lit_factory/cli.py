@@ -30,6 +30,8 @@ TOOL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "board": ("lit_factory.board.app:main", "web UI to configure, run and watch fine-tuning: lit-factory board"),
     "data": ("lit_factory.data.preview:main", "preview a recipe's data: statistics and samples with the loss marked: lit-factory data --config RECIPE"),
     "recipes": ("lit_factory.shipped:main", "list, show or copy the shipped recipes: lit-factory recipes copy sft/lora.yaml"),
+    "convert": ("lit_factory.compat.commands:convert_main", "LLaMA-Factory YAML -> recipe: lit-factory convert LF.yaml -o recipe.yaml"),
+    "env": ("lit_factory.compat.commands:env_main", "versions of lit-factory and its libraries, for bug reports"),
 }
 
 HELP = f"""usage: lit-factory <subcommand> [--config RECIPE.yaml] [--section.key VALUE ...]
@@ -40,6 +42,9 @@ subcommands:
 {chr(10).join(f"  {name:<10} {text}" for name, text in TRAINER_SUBCOMMANDS.items())}
 {chr(10).join(f"  {name:<10} {text}" for name, (_, text) in TOOL_SUBCOMMANDS.items())}
 
+LLaMA-Factory YAMLs run unchanged: lit-factory train LF.yaml (or fit --config LF.yaml); its verbs webui, api, chat,
+export, env and version work too.
+
 Each subcommand takes LightningCLI options: --config (repeatable), dotted overrides such as
 --trainer.max_steps 5, --print_config. `lit-factory fit --help` lists every option of a recipe.
 """
@@ -49,6 +54,17 @@ def fail(message: str) -> int:
     """Print a one-line error for the user and return the CLI's error status."""
     print(f"lit-factory: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def _from_llamafactory(args: list[str]) -> "list[str] | int":
+    """LLaMA-Factory's verbs (train, webui, api ...) and YAMLs become ours (see ``lit_factory.compat``)."""
+    from lit_factory.compat.commands import llamafactory_args
+    from lit_factory.errors import LitFactoryError
+
+    try:
+        return llamafactory_args(args)
+    except LitFactoryError as err:
+        return fail(str(err))
 
 
 def _config_paths(args: list[str]) -> list[str]:
@@ -80,6 +96,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(HELP, end="")
         return 0
+    translated = _from_llamafactory(args)
+    if isinstance(translated, int):
+        return translated
+    if translated != args:  # the trainer must then read these arguments, not sys.argv
+        argv = args = translated
     if args[0] in ("-V", "--version"):
         print(__version__)
         return 0

@@ -18,8 +18,10 @@ def warmup_then_decay(
     schedule: Literal["cosine", "linear", "constant"],
     warmup_steps: int,
     total_steps: int,
+    min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Scale the learning rate linearly from 0 over ``warmup_steps``, then decay it to 0 at ``total_steps``."""
+    """Scale the learning rate linearly from 0 over ``warmup_steps``, then decay it to ``min_lr_ratio`` times the
+    peak at ``total_steps`` (a floor on the cosine decay, transformers' ``cosine_with_min_lr``)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -29,6 +31,7 @@ def warmup_then_decay(
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         if schedule == "linear":
             return max(0.0, 1.0 - progress)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        cosine = max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return cosine * (1.0 - min_lr_ratio) + min_lr_ratio
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import Finetuning
 from lit_factory.infer.engine import GenerationArgs
 from lit_factory.model.builder import ModelArgs, build_inference_model, build_model, build_tokenizer
@@ -54,6 +55,8 @@ class Stage(pl.LightningModule):
             ``lit_factory.optim.LoRAPlus``, ``GaLore``, ``BAdam``.
         lr_schedule: Learning-rate decay after warmup: ``cosine`` (to 0), ``linear`` (to 0) or ``constant``.
         warmup_steps: Linear warmup length: a step count, or a fraction of the total steps when below 1.
+        min_lr_ratio: ``cosine`` only: decay to this fraction of the peak learning rate instead of 0
+            (transformers' ``cosine_with_min_lr`` with ``min_lr_rate``).
         generation: Decoding settings of ``lit-factory predict`` (max_new_tokens, temperature, top_p, ...).
     """
 
@@ -67,6 +70,7 @@ class Stage(pl.LightningModule):
         optimizer: Union[OptimizerFactory, Optimizer] = torch.optim.AdamW,
         lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_steps: float = 0,
+        min_lr_ratio: float = 0.0,
         generation: Optional[GenerationArgs] = None,
     ) -> None:
         super().__init__()
@@ -79,12 +83,16 @@ class Stage(pl.LightningModule):
             },
             "lr_schedule": lr_schedule,
             "warmup_steps": warmup_steps,
+            "min_lr_ratio": min_lr_ratio,
         })
         self.model_args = model
         self.finetuning = finetuning
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_steps = warmup_steps
+        if not 0 <= min_lr_ratio <= 1 or (min_lr_ratio and lr_schedule != "cosine"):
+            raise LitFactoryError("model.init_args.min_lr_ratio: must lie in [0, 1] and needs lr_schedule: cosine")
+        self.min_lr_ratio = min_lr_ratio
         self.generation = generation or GenerationArgs()
         self.tokenizer = build_tokenizer(model)
         self.model: Optional[torch.nn.Module] = None
@@ -187,7 +195,7 @@ class Stage(pl.LightningModule):
         optimizer = build_optimizer(self.optimizer_factory, self.model)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_steps * total) if 0 < self.warmup_steps < 1 else int(self.warmup_steps)
-        scheduler = warmup_then_decay(optimizer, self.lr_schedule, warmup, total)
+        scheduler = warmup_then_decay(optimizer, self.lr_schedule, warmup, total, self.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints and outputs -------------------------------------------------------------------------------
