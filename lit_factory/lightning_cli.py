@@ -26,6 +26,11 @@ class OneLineErrorParser(LightningArgumentParser):
 def summarise_parser_error(message: str) -> str:
     """jsonargparse's nested report (every Union branch, every subtype) cut to one line: the key, what is wrong,
     the accepted values, the fix. Unknown shapes of report pass through whole (``fail`` joins their lines)."""
+    unknown = re.match(r"(?:unrecognized arguments: (\S+)|Subcommand '\w+' does not accept option '([^']+)')", message)
+    if unknown is not None:
+        option = unknown.group(1) or f"--{unknown.group(2)}"
+        return (f"{option}: no such option ({message.strip()}). Fix: check its spelling and section; "
+                "`lit-factory fit --config RECIPE --help` lists every option.")
     keys = re.findall(r'Parser key "([^"]+)"', message)
     if not keys:
         return message
@@ -44,9 +49,13 @@ def summarise_parser_error(message: str) -> str:
         return f"{key}: {value} is not accepted. Fix: use one of {', '.join(dict.fromkeys(literals))}."
     expected = [name for name in re.findall(r"Expected a <class '([^']+)'>", message) if name != "NoneType"]
     if expected:
-        return f"{key}: {value} is not a {' or '.join(dict.fromkeys(expected))}. Fix: give a {expected[0]} value."
-    reasons = [line.strip() for line in message.splitlines()[1:] if line.strip()]
-    return f"{key}: {reasons[-1] if reasons else message}"[:400]
+        types = " or ".join(dict.fromkeys(expected))
+        return f"{key}: {value} is not of type {types}. Fix: give a value of type {types}."
+    noise = ("Given value", "Subtypes:", "Errors:", "Does not validate", "- Expected a <class 'NoneType'>",
+             "- Problem with given class_path", "Parser key")
+    reasons = [line.strip() for line in message.splitlines()[1:] if line.strip() and not line.strip().startswith(noise)]
+    reason = (reasons[-1] if reasons else " ".join(message.split())).rstrip(".")[:300]
+    return f"{key}: {reason}. Fix: `lit-factory fit --config RECIPE --help` lists the accepted keys and values."
 
 
 class FactoryCLI(LightningCLI):
@@ -79,8 +88,9 @@ class FactoryCLI(LightningCLI):
             user_error = _user_error_in_chain(err)
             if user_error is not None:
                 raise user_error from None
-            if isinstance(err, MisconfigurationException):  # Lightning's own checks of trainer arguments
-                raise LitFactoryError(f"trainer: {err} Fix: change that trainer setting in the recipe.") from None
+            if isinstance(err, MisconfigurationException) or _raised_by_trainer_checks(err):
+                reason = " ".join(str(err).split())
+                raise LitFactoryError(f"trainer: {reason} Fix: change that trainer setting in the recipe.") from None
             raise
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
@@ -99,6 +109,15 @@ class FactoryCLI(LightningCLI):
         parser.link_arguments(
             "model", "data.init_args.objective", compute_fn=lambda stage: stage.data_objective, apply_on="instantiate"
         )
+
+
+def _raised_by_trainer_checks(err: BaseException) -> bool:
+    """A ValueError from Lightning's checks of trainer arguments (accelerator, strategy, devices names)."""
+    frame = err.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return isinstance(err, ValueError) and frame is not None and (
+        "lightning/pytorch/trainer/connectors" in frame.tb_frame.f_code.co_filename.replace("\\", "/"))
 
 
 def check_values(config: Any) -> None:

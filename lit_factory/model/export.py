@@ -73,6 +73,13 @@ def export_model(
     return write_atomically(Path(output), save)
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; users get the error on one line (status 2) like every other command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LitFactoryError(f"{self.prog}: {message}. Fix: see {self.prog} --help.")
+
+
 # A hub id is "name" or "namespace/name"; anything else that is not a folder cannot be a model.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
@@ -93,7 +100,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """`lit-factory export --model PATH [--adapter DIR] --output DIR [--dtype bfloat16] [--max-shard-size 2GB]`."""
-    parser = argparse.ArgumentParser(prog="lit-factory export", description=__doc__)
+    parser = OneLineArgumentParser(prog="lit-factory export", description=__doc__)
     parser.add_argument("--model", required=True, help="base model directory or hub id")
     parser.add_argument("--adapter", help="LoRA adapter folder (a lit-factory run directory) to merge in")
     parser.add_argument("--output", required=True, help="new directory for the exported model")
