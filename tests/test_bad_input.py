@@ -189,8 +189,9 @@ def build_cases(root: Path, ckpt: Path, evil_url: str, base: Path, taken_port: i
         "ckpt_other_method": (fit("--trainer.max_steps", "4", "--model.init_args.finetuning.class_path",
                                   "lit_factory.model.LoRA", "--ckpt_path", str(ckpt)), "cannot resume from it"),
         # Models and tokenizers.
-        "model_path_missing": (fit("--model.init_args.model.path", str(root / "no_model"),
-                                   "--model.init_args.model.config", "null"), "no_model"),
+        "model_path_missing": (["fit", "--config", "recipes/sft/lora.yaml", "--trainer.logger.init_args.save_dir",
+                                runs, "--model.init_args.model.path", str(root / "no_model")], "no_model"),
+        "model_path_and_config": (fit("--model.init_args.model.path", str(root / "no_model")), "set exactly one"),
         "tokenizer_missing": (fit("--model.init_args.model.tokenizer", str(root / "no_tokenizer")), "no_tokenizer"),
         # Data.
         "dataset_unknown": (fit("--data.init_args.dataset", "[no_such_set]"), "no_such_set"),
