@@ -89,6 +89,26 @@ def _shipped_configs(args: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             resolved[i] = "--config=" + resolve_shipped_path(arg.split("=", 1)[1])
     return resolved
+def recipe_problem(path: str) -> Optional[str]:
+    """What makes the recipe at ``path`` unreadable (jsonargparse would report it without the file name)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        return f"--config {path}: not UTF-8 text (byte {err.start}). Fix: save the recipe as UTF-8."
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        return f"--config {path}: YAML syntax error{where}: {problem}. Fix: correct the YAML there."
+    if recipe is None:
+        return (f"--config {path}: the recipe is empty. Fix: write the trainer/model/data sections, e.g. start from "
+                "recipes/quickstart.yaml.")
+    if not isinstance(recipe, dict):
+        return (f"--config {path}: a recipe is a mapping of sections (trainer:, model:, data:), not a "
+                f"{type(recipe).__name__}. Fix: start from recipes/quickstart.yaml.")
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -114,6 +134,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for path in _config_paths(args[1:]):
         if not Path(path).is_file():
             return fail(f"--config: no such file {path!r}; give the path of a recipe YAML (see recipes/)")
+        problem = recipe_problem(path)
+        if problem is not None:
+            return fail(problem)
 
     from lit_factory.errors import LitFactoryError
     from lit_factory.lightning_cli import run_trainer_subcommand

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import sys
-from typing import NoReturn, Optional
+from pathlib import Path
+from typing import Any, NoReturn, Optional
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -17,7 +20,42 @@ class OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse is probing internally and catches this
             return super().error(message, ex)
-        sys.exit(fail(message))
+        sys.exit(fail(summarise_parser_error(message)))
+
+
+def summarise_parser_error(message: str) -> str:
+    """jsonargparse's nested report (every Union branch, every subtype) cut to one line: the key, what is wrong,
+    the accepted values, the fix. Unknown shapes of report pass through whole (``fail`` joins their lines)."""
+    unknown = re.match(r"(?:unrecognized arguments: (\S+)|Subcommand '\w+' does not accept option '([^']+)')", message)
+    if unknown is not None:
+        option = unknown.group(1) or f"--{unknown.group(2)}"
+        return (f"{option}: no such option ({message.strip()}). Fix: check its spelling and section; "
+                "`lit-factory fit --config RECIPE --help` lists every option.")
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    if not keys:
+        return message
+    key = ".".join(keys)
+    missing_class = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(module [^\n]+|No module[^\n]+)",
+                              message)
+    if missing_class is not None:
+        return (f"{key}: class_path {missing_class.group(1)!r} cannot be imported ({missing_class.group(2).strip()}). "
+                "Fix: name an existing class by its import path, e.g. lit_factory.model.LoRA or lit_factory.stages.SFT.")
+    given = re.findall(r"(?:Got value|Given value): ([^\n]+)", message)
+    value = given[0].strip() if given else "?"
+    literals: list[str] = []
+    for group in re.findall(r"Expected a typing\.Literal\[([^\]]*)\]", message):
+        literals += [item.strip() for item in group.split(",") if item.strip() not in literals]
+    if literals:
+        return f"{key}: {value} is not accepted. Fix: use one of {', '.join(dict.fromkeys(literals))}."
+    expected = [name for name in re.findall(r"Expected a <class '([^']+)'>", message) if name != "NoneType"]
+    if expected:
+        types = " or ".join(dict.fromkeys(expected))
+        return f"{key}: {value} is not of type {types}. Fix: give a value of type {types}."
+    noise = ("Given value", "Subtypes:", "Errors:", "Does not validate", "- Expected a <class 'NoneType'>",
+             "- Problem with given class_path", "Parser key")
+    reasons = [line.strip() for line in message.splitlines()[1:] if line.strip() and not line.strip().startswith(noise)]
+    reason = (reasons[-1] if reasons else " ".join(message.split())).rstrip(".")[:300]
+    return f"{key}: {reason}. Fix: `lit-factory fit --config RECIPE --help` lists the accepted keys and values."
 
 
 class FactoryCLI(LightningCLI):
@@ -37,6 +75,7 @@ class FactoryCLI(LightningCLI):
         return None
 
     def before_instantiate_classes(self) -> None:
+        check_values(self.config[self.subcommand] if self.subcommand else self.config)
         # `--ckpt_path last`, a pinned version folder that holds a run, stale staging: decided before building.
         if self.subcommand == "fit":
             from lit_factory.checkpointing import prepare_fit_run
@@ -46,13 +85,25 @@ class FactoryCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         # jsonargparse wraps errors raised in constructors (e.g. a ModelArgs check) into its own report; the user
         # should see our one-line message instead.
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
         try:
             super().instantiate_classes()
         except Exception as err:
             user_error = _user_error_in_chain(err)
-            if user_error is None:
-                raise
-            raise user_error from None
+            if user_error is not None:
+                raise user_error from None
+            if isinstance(err, MisconfigurationException) or _raised_by_trainer_checks(err):
+                reason = " ".join(str(err).split())
+                raise LitFactoryError(f"trainer: {reason} Fix: change that trainer setting in the recipe.") from None
+            raise
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        return guard_checkpoint_path(super()._prepare_subcommand_kwargs(subcommand))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with checkpoint_errors_as_user_errors(self.trainer), removed_if_left_empty(self.trainer):
+            super()._run_subcommand(subcommand)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The stage owns the tokenizer (it may add special tokens) and knows what data it needs: both flow into
@@ -63,6 +114,114 @@ class FactoryCLI(LightningCLI):
         parser.link_arguments(
             "model", "data.init_args.objective", compute_fn=lambda stage: stage.data_objective, apply_on="instantiate"
         )
+
+
+def _raised_by_trainer_checks(err: BaseException) -> bool:
+    """A ValueError from Lightning's checks of trainer arguments (accelerator, strategy, devices names)."""
+    frame = err.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return isinstance(err, ValueError) and frame is not None and (
+        "lightning/pytorch/trainer/connectors" in frame.tb_frame.f_code.co_filename.replace("\\", "/"))
+
+
+def check_values(config: Any) -> None:
+    """Values that would otherwise fail deep inside Lightning or torch with a traceback."""
+    trainer = config.get("trainer") or {}
+    for name in ("max_steps", "max_epochs"):
+        value = trainer.get(name)
+        if isinstance(value, int) and value < -1:
+            raise LitFactoryError(f"trainer.{name}: {value} is negative. Fix: give a count >= 0, or -1 for no limit.")
+    init_args = (config.get("model") or {}).get("init_args") or {}
+    optimizer = init_args.get("optimizer") if hasattr(init_args, "get") else None
+    lr = ((optimizer or {}).get("init_args") or {}).get("lr") if hasattr(optimizer, "get") else None
+    if isinstance(lr, (int, float)) and lr < 0:
+        raise LitFactoryError(f"model.init_args.optimizer.init_args.lr: {lr} is negative. Fix: give a learning rate "
+                              "> 0, e.g. 1.0e-4.")
+
+
+# Lightning resolves these names to a checkpoint itself.
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def guard_checkpoint_path(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints are pickles: refuse remote URLs (Lightning would load them with ``weights_only=False``, i.e. run
+    any code inside) and load every checkpoint with ``weights_only=True`` (tensors and plain values only)."""
+    ckpt_path = kwargs.get("ckpt_path")
+    if ckpt_path is not None:
+        text = str(ckpt_path)
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+            raise LitFactoryError(f"--ckpt_path {text}: remote checkpoints are refused (a checkpoint is a pickle "
+                                  "that can run code). Fix: download it yourself from a source you trust and pass "
+                                  "the local path.")
+        if text not in SPECIAL_CKPT_PATHS and not Path(text).is_file():
+            raise LitFactoryError(f"--ckpt_path {text}: no such checkpoint file. Fix: give the path of a .ckpt "
+                                  "file of an earlier run (runs/NAME/version_N/checkpoints/).")
+    if "weights_only" in kwargs:
+        kwargs["weights_only"] = True
+    return kwargs
+
+
+class checkpoint_errors_as_user_errors:
+    """While a checkpoint is read and its state restored, errors mean the file is not one this recipe can resume
+    from (truncated, not a checkpoint, unsafe, another model shape or method): one line naming the file."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.connector = trainer._checkpoint_connector
+        self.originals: dict[str, Any] = {}
+
+    def __enter__(self) -> "checkpoint_errors_as_user_errors":
+        for name in ("_restore_modules_and_callbacks", "restore_training_state"):
+            original = self.originals[name] = getattr(self.connector, name)
+            setattr(self.connector, name, self._wrapped(original))
+        return self
+
+    def _wrapped(self, restore: Any) -> Any:
+        connector = self.connector
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return restore(*args, **kwargs)
+            except LitFactoryError:
+                raise
+            except Exception as err:
+                path = connector._ckpt_path or (args[0] if args else kwargs.get("checkpoint_path"))
+                reason = " ".join(str(err).split())
+                reason = re.split(r" (?:In PyTorch 2\.6|Please file an issue|Check the documentation)", reason)[0]
+                raise LitFactoryError(f"--ckpt_path {path}: cannot resume from it ({type(err).__name__}: "
+                                      f"{reason[:200]}). Fix: give a complete checkpoint saved by this recipe "
+                                      "(same model, method and stage).") from None
+
+        return run
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in self.originals:
+            self.connector.__dict__.pop(name, None)
+
+
+class removed_if_left_empty:
+    """A run that fails leaves no ``version_N`` folder that holds nothing but its config and empty logs; a folder
+    that existed before the run is never touched."""
+
+    KEEP_ONLY_IF = re.compile(r"^(config\.yaml|hparams\.yaml|events\.out\.tfevents\..*)$")
+
+    def __init__(self, trainer: Any) -> None:
+        try:
+            self.run_dir = Path(trainer.log_dir) if trainer.log_dir else None
+        except Exception:  # a logger without a directory
+            self.run_dir = None
+        self.existed = self.run_dir is None or self.run_dir.exists()
+
+    def __enter__(self) -> "removed_if_left_empty":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None or self.existed or not self.run_dir.is_dir():
+            return
+        files = [path for path in self.run_dir.rglob("*") if path.is_file()]
+        # Event files of a run that logged nothing hold only headers (a few hundred bytes).
+        if all(self.KEEP_ONLY_IF.match(path.name) and path.stat().st_size < 4096 for path in files):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def _user_error_in_chain(err: BaseException) -> Optional[LitFactoryError]:

@@ -126,7 +126,9 @@ def _tagged_messages(turns: list[dict], spec: DatasetSpec) -> list[dict[str, Any
     messages = []
     for index, turn in enumerate(turns):
         role = roles.get(turn.get(tags["role_tag"]))
-        if role is None or (role == "system" and index > 0):
+        if role is None:  # named apart from misordered roles: the fix is the tags in dataset_info.json
+            return f"unknown role {turn.get(tags['role_tag'])!r} (set its tag under 'tags' in dataset_info.json)"
+        if role == "system" and index > 0:
             return "roles out of order"
         messages.append({"role": role, "content": turn.get(tags["content_tag"])})
     return messages
@@ -208,6 +210,9 @@ def _standard(
         value = row.get(column) if column else None
         value = [value] if isinstance(value, str) else list(value or [])
         media[key] = [str(item) for item in value]
+        missing = next((item for item in media[key] if "://" not in item and not (spec.info_file.parent / item).exists()), None)
+        if missing is not None:  # relative paths are read from the dataset_dir, as in LLaMA-Factory
+            return f"{key[:-1]} file not found: {missing!r}"
     return {
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
         "system": system,

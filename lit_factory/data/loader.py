@@ -47,6 +47,9 @@ def _load_local(spec: DatasetSpec, streaming: bool) -> Any:
             f"Fix: use one of {sorted(READERS)}, one kind per folder."
         )
     reader = READERS[extensions.pop()]
+    if reader in ("json", "csv", "text"):
+        for file in files:
+            _check_text(file, spec)
     try:
         return load_dataset(reader, data_files=[str(p) for p in files], split="train", streaming=streaming)
     except Exception as err:  # the readers raise many types; the user needs the file name and the reason
@@ -56,6 +59,28 @@ def _load_local(spec: DatasetSpec, streaming: bool) -> Any:
         raise LitFactoryError(
             f"{where}: could not be read as {reader} ({reason}; entry {spec.name!r}). Fix: check the file's format."
         ) from err
+
+
+def _check_text(path: Path, spec: DatasetSpec) -> None:
+    """Text data must be UTF-8 (the readers fail with no position), and an empty JSON file is no data set."""
+    import codecs
+
+    decoder, offset, head = codecs.getincrementaldecoder("utf-8")(), 0, ""
+    with open(path, "rb") as file:  # in blocks: data files may be larger than memory
+        while True:
+            block = file.read(1 << 20)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                raise LitFactoryError(f"{path}: not UTF-8 text (invalid byte at offset {offset + err.start}; entry "
+                                      f"{spec.name!r}). Fix: re-encode the file as UTF-8.") from None
+            head = head or text[:64]
+            offset += len(block)
+            if not block:
+                break
+    if path.suffix.lower() == ".json" and offset < 64 and head.strip() in ("[]", "{}", ""):
+        raise LitFactoryError(f"{path}: holds no rows (entry {spec.name!r}). Fix: add examples to it or remove "
+                              f"{spec.name!r} from data.dataset.")
 
 
 def _json_problem(path: Any) -> str | None:

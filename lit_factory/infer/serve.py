@@ -8,15 +8,21 @@ With ``tools`` in the request, the definitions go into the prompt through the te
 written in the template's tool-call format comes back as ``tool_calls`` (finish reason ``tool_calls``); streamed,
 such a reply arrives as one delta once complete. Conversation history may carry assistant ``tool_calls`` and
 ``tool`` results, rendered as the template's function and observation turns.
-Bad requests get OpenAI-shaped error bodies: 400 (not JSON, or a conversation the template cannot render), 401
-(missing/wrong API key), 404 (other model name), 413 (body over ``--max-request-bytes``), 422 (fields of the wrong
-type or out of range); the server keeps serving. Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
+Bad requests get OpenAI-shaped error bodies: 400 (not JSON, JSON nested too deep, a conversation the template cannot
+render, or a prompt longer than the model's context: code ``context_length_exceeded``), 401 (missing/wrong API key),
+404 (other model name), 413 (body over ``--max-request-bytes``, counted while reading, so chunked bodies too), 422
+(fields of the wrong type or out of range), 503 (``--max-queued-requests`` requests already waiting or running); the
+server keeps serving. ``max_tokens`` is capped to what fits in the context after the prompt, so one request's
+generation time is bounded; requests run one at a time in arrival order. Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations (Request) at run time.
 import importlib.util
+import ipaddress
 import json
 import secrets
+import socket
+import sys
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
@@ -130,8 +136,34 @@ def conversation(request: ChatCompletionRequest) -> tuple[list[dict[str, str]], 
     return converted, ("\n".join(system_parts) if system_parts else None)
 
 
+def context_length(engine: Any) -> Optional[int]:
+    """How many positions the served model takes (prompt + reply), or None when the engine cannot tell."""
+    if getattr(engine, "context_length", None):
+        return int(engine.context_length)
+    config = getattr(getattr(engine, "model", None), "config", None)
+    length = getattr(config, "max_position_embeddings", None)
+    return int(length) if isinstance(length, int) else None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The request body, refused as soon as it passes ``limit`` bytes (a chunked body has no length to check first,
+    and starlette's ``request.body()`` would read it whole)."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise _BodyTooLarge
+        parts.append(part)
+    return b"".join(parts)
+
+
 def create_app(
-    engine: "ChatEngine", model_name: str, api_key: Optional[str] = None, max_request_bytes: int = 1 << 20
+    engine: "ChatEngine", model_name: str, api_key: Optional[str] = None, max_request_bytes: int = 1 << 20,
+    max_queued_requests: int = 16,
 ) -> "FastAPI":
     """The FastAPI application serving ``engine`` under ``model_name``.
 
@@ -139,7 +171,9 @@ def create_app(
         engine: what generates replies (transformers ``ChatEngine`` or the vLLM engine).
         model_name: the id listed by ``/v1/models``; requests naming another model get 404.
         api_key: when set, requests must carry ``Authorization: Bearer <api_key>`` (else 401).
-        max_request_bytes: larger request bodies are refused with 413 before they are read.
+        max_request_bytes: larger request bodies are refused with 413 before they are read whole.
+        max_queued_requests: completions waiting or running at once; more get 503 (generation is one at a time, so
+            an unbounded queue would let one client's burst hold every other client).
     """
     from fastapi import FastAPI, Request
     from sse_starlette import EventSourceResponse
@@ -147,6 +181,8 @@ def create_app(
 
     app = FastAPI(title="lit-factory", docs_url=None, redoc_url=None)
     created = int(time.time())
+    positions = context_length(engine)
+    admitted = [0]  # completions admitted and not yet finished (the event loop is one thread: no lock needed)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
@@ -166,32 +202,53 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > max_request_bytes:  # chunked bodies carry no content-length for the middleware to check
+        if admitted[0] >= max_queued_requests:
+            return _error(503, f"Server busy: {max_queued_requests} requests are already waiting or running; retry "
+                          "later.", "server_error", "server_busy")
+        admitted[0] += 1
+        try:
+            response = await _chat_completion(request)
+        except BaseException:
+            admitted[0] -= 1
+            raise
+        if hasattr(response, "body_iterator"):  # a stream is admitted until its last event is sent
+            response.background = _Release(admitted, getattr(response, "background", None))
+        else:
+            admitted[0] -= 1
+        return response
+
+    async def _chat_completion(request: Request) -> Any:
+        try:
+            body = await _read_body(request, max_request_bytes)
+        except _BodyTooLarge:
             return _error(413, f"Request body over {max_request_bytes} bytes.", "invalid_request_error")
         try:
             payload = json.loads(body)
+            completion = ChatCompletionRequest.model_validate(payload)
+            tools = json.dumps(completion.tools, ensure_ascii=False) if completion.tools else ""
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             return _error(400, f"Request body is not valid JSON: {err}", "invalid_request_error")
-        try:
-            completion = ChatCompletionRequest.model_validate(payload)
+        except RecursionError:
+            return _error(400, "Request body is JSON nested too deeply.", "invalid_request_error")
         except ValidationError as err:
             details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             return _error(422, f"Invalid request: {details}", "invalid_request_error")
         if completion.model != model_name:
             return _error(404, f"Model {completion.model!r} is not served here; use {model_name!r}.",
                           "invalid_request_error", "model_not_found")
-        tools = json.dumps(completion.tools, ensure_ascii=False) if completion.tools else ""
         try:
             messages, system = conversation(completion)
-            engine.encode(messages, system, tools)  # template errors (wrong role order) are the client's: 400
+            prompt_tokens = len(engine.encode(messages, system, tools))  # template errors are the client's: 400
         except LitFactoryError as err:
             return _error(400, str(err), "invalid_request_error")
+        max_new_tokens = completion.max_completion_tokens or completion.max_tokens or engine.generation.max_new_tokens
+        if positions is not None:
+            if prompt_tokens >= positions:
+                return _error(400, f"This model's context is {positions} tokens; the prompt has {prompt_tokens}. "
+                              "Shorten the messages.", "invalid_request_error", "context_length_exceeded")
+            max_new_tokens = min(max_new_tokens, positions - prompt_tokens)
         stop = (completion.stop,) if isinstance(completion.stop, str) else tuple(completion.stop or ())
-        overrides = {
-            "temperature": completion.temperature, "top_p": completion.top_p,
-            "max_new_tokens": completion.max_completion_tokens or completion.max_tokens,
-        }
+        overrides = {"temperature": completion.temperature, "top_p": completion.top_p, "max_new_tokens": max_new_tokens}
         reply_id = f"chatcmpl-{uuid.uuid4().hex}"
 
         def message_and_finish(text: str, finish_reason: str) -> tuple[dict[str, Any], str]:
@@ -241,22 +298,66 @@ def create_app(
     return app
 
 
+class _Release:
+    """Background task of a streamed response: frees its queue slot once the stream has been sent (or dropped)."""
+
+    def __init__(self, admitted: list[int], then: Any) -> None:
+        self.admitted, self.then = admitted, then
+
+    async def __call__(self) -> None:
+        self.admitted[0] -= 1
+        if self.then is not None:
+            await self.then()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in one line before the model loads when ``host:port`` cannot be bound (uvicorn would print six)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise LitFactoryError(f"--host/--port: cannot listen on {host}:{port} ({err.strerror}). Fix: choose "
+                                  "another --port, or stop the program using it.") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+
 def main(argv: list[str]) -> int:
     """Entry of ``lit-factory serve``."""
     from lit_factory.infer.options import generation_from, load_engine, model_args_from, model_parser
 
     parser = model_parser("lit-factory serve", "Serve a model over an OpenAI-compatible HTTP API.")
     parser.add_argument("--host", default="127.0.0.1", help="Address to bind (0.0.0.0 exposes it to the network).")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port.")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (1-65535).")
     parser.add_argument("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every request.")
     parser.add_argument("--model-name", default=None, help="Model id clients send; defaults to --model.")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="Largest request body accepted.")
+    parser.add_argument("--max-queued-requests", type=int, default=16,
+                        help="Completions waiting or running at once; more are answered 503 (server busy).")
     parser.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                         help="Generation backend; vllm needs the vllm package and a GPU.")
     options = parser.parse_args(argv)
     missing = [name for name in ("fastapi", "uvicorn", "sse_starlette") if importlib.util.find_spec(name) is None]
     if missing:
         raise LitFactoryError(f"serve needs {', '.join(missing)}. Fix: pip install -e \".[serve]\"")
+    if not 1 <= options.port <= 65535:
+        raise LitFactoryError(f"--port {options.port}: not a TCP port. Fix: give a port from 1 to 65535, e.g. 8000.")
+    if options.max_request_bytes < 1 or options.max_queued_requests < 1:
+        raise LitFactoryError("--max-request-bytes and --max-queued-requests must be at least 1. Fix: raise them.")
+    check_port_free(options.host, options.port)
+    if options.api_key is None and not is_loopback(options.host):
+        print(f"lit-factory serve: warning: listening on {options.host} without --api-key: anyone who can reach "
+              "this address can use the model. Fix: pass --api-key KEY, or bind 127.0.0.1.", file=sys.stderr)
     import uvicorn
 
     if options.backend == "vllm":
@@ -265,6 +366,7 @@ def main(argv: list[str]) -> int:
         engine: Any = VLLMEngine(model_args_from(options), options.template, generation_from(options))
     else:
         engine = load_engine(options)
-    app = create_app(engine, options.model_name or options.model, options.api_key, options.max_request_bytes)
+    app = create_app(engine, options.model_name or options.model, options.api_key, options.max_request_bytes,
+                     options.max_queued_requests)
     uvicorn.run(app, host=options.host, port=options.port, log_level="info")
     return 0

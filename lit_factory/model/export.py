@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -77,17 +78,46 @@ def export_model(
     return write_atomically(Path(output), save)
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; users get the error on one line (status 2) like every other command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LitFactoryError(f"{self.prog}: {message}. Fix: see {self.prog} --help.")
+
+
+# A hub id is "name" or "namespace/name"; anything else that is not a folder cannot be a model.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One-line errors for arguments that would fail deep inside transformers (after the model is loaded)."""
+    for flag, value in (("--model", args.model), ("--adapter", args.adapter)):
+        if value is None or Path(value).is_dir():
+            continue
+        if flag == "--adapter" or Path(value).exists() or not _HUB_ID.match(value) or value.startswith((".", "/")):
+            raise LitFactoryError(f"{flag}: {value!r} is not a model folder. Fix: give the folder of a saved model "
+                                  "(or a hub id like Qwen/Qwen2.5-0.5B for --model).")
+    if not _SHARD_SIZE.match(args.max_shard_size):
+        raise LitFactoryError(f"--max-shard-size {args.max_shard_size!r}: not a size. Fix: give a size like 2GB, "
+                              "500MB or a number of bytes.")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """`lit-factory export --model PATH [--adapter DIR] --output DIR [--dtype bfloat16] [--max-shard-size 2GB]`."""
-    parser = argparse.ArgumentParser(prog="lit-factory export", description=__doc__)
+    parser = OneLineArgumentParser(prog="lit-factory export", description=__doc__)
     parser.add_argument("--model", required=True, help="base model directory or hub id")
     parser.add_argument("--adapter", help="LoRA adapter folder (a lit-factory run directory) to merge in")
     parser.add_argument("--output", required=True, help="new directory for the exported model")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="weight dtype of the export (auto: the base model's)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard, e.g. 2GB or 500MB")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the Python code shipped with the model (its own modeling/tokenizer files). This is "
+                        "the only option of lit-factory export that runs model code; without it, only weights and "
+                        "configs are read. Use it only for a model whose code you trust.")
     args = parser.parse_args(argv)
+    check_arguments(args)
     saved = export_model(args.model, args.output, args.adapter, args.dtype, args.max_shard_size, args.trust_remote_code)
     print(f"Exported the {'merged ' if args.adapter else ''}model and tokenizer to {saved}")
     return 0
