@@ -228,15 +228,19 @@ class DataModule(pl.LightningDataModule):
             return PackedCollator(pad_id)
         return PaddingCollator(pad_id)
 
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, collate_fn: Any = None) -> "DataLoader":
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, collate_fn: Any = None,
+                **loader_options: Any) -> "DataLoader":
         import torch
         from torch.utils.data import DataLoader
 
+        loader_class = DataLoader
+        if loader_options:  # the training loader's step windows (see lit_factory.data.windows)
+            from lit_factory.data.windows import StepWindowLoader as loader_class
         streaming = self.preprocessing.streaming
         if streaming and shuffle:
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.buffer_size)
         shuffle = shuffle and not streaming
-        return DataLoader(
+        return loader_class(
             dataset.with_format("python") if streaming else dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -246,12 +250,18 @@ class DataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             # KTO's mismatched pairs need two rows in every batch.
             drop_last=self.objective == "kto" and not streaming and len(dataset) % batch_size == 1,
+            **loader_options,
         )
 
     def train_dataloader(self) -> "DataLoader":
         """Shuffled (unless ``shuffle`` is off) training batches in the objective's format."""
         self.setup()
-        return self._loader(self.train_set, self.batch_size, self.shuffle)
+        options = {}
+        if self.objective in ("supervised", "pretrain", "pairwise"):
+            # Token-level losses divide by the loss tokens of the whole optimizer step (see Stage.token_mean).
+            window = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+            options = dict(window=window, chosen_only=self.objective == "pairwise")
+        return self._loader(self.train_set, self.batch_size, self.shuffle, **options)
 
     def val_dataloader(self) -> "DataLoader | list":
         """Validation batches, or an empty list when ``val_size`` is 0 (Lightning then skips validation)."""
