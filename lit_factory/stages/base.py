@@ -216,7 +216,8 @@ class Stage(pl.LightningModule):
         if position == 0:
             self._window = _StepWindow()
             local = batch[WINDOW_TOKENS]
-            self._window.tokens = self.trainer.strategy.reduce(local.to(self.device), reduce_op="sum")
+            # clone: the DDP reduce works in place, and `local` stays this rank's count
+            self._window.tokens = self.trainer.strategy.reduce(local.to(self.device).clone(), reduce_op="sum")
             self._window.local_tokens, self._window.batches = int(local), int(batch[WINDOW_BATCHES])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -273,8 +274,8 @@ class Stage(pl.LightningModule):
             gathered: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
+        directory = self.trainer.log_dir or "."  # a collective: every rank asks
         if self.trainer.is_global_zero:
-            directory = self.trainer.log_dir or "."
             metrics = write_predictions(rows, directory, seconds, self.generation)
             rank_zero_info(f"Wrote {len(rows)} predictions and their metrics (BLEU-4 {metrics['bleu-4']:.2f}, "
                            f"ROUGE-L {metrics['rouge-l']:.2f}) to {directory}")
@@ -297,8 +298,9 @@ class Stage(pl.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_train_end(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            saved = self.save_pretrained(self.trainer.log_dir)
+        directory = self.trainer.log_dir  # a collective (rank 0's folder, broadcast): every rank must ask
+        if self.trainer.is_global_zero and directory is not None:
+            saved = self.save_pretrained(directory)
             kind = "adapter" if self.finetuning is not None and self.finetuning.saves_adapter else "model"
             rank_zero_info(f"Saved the trained {kind} and tokenizer (Hugging Face format) to {saved}")
 
