@@ -96,8 +96,6 @@ def test_ddp_run_finishes_and_rank_zero_saves_the_model(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: DDP-2's first-step loss differs from one process by ~5e-3 (not yet "
-                   "explained; a hand computation of the same rows agrees with DDP), see the branch report")
 def test_ddp_two_processes_train_like_one_with_the_same_global_batch(runs):
     import torch
 

@@ -8,7 +8,7 @@ with ``seed``. The collator follows the objective (see :mod:`lit_factory.data.co
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import lightning.pytorch as pl
 
@@ -229,7 +229,7 @@ class DataModule(pl.LightningDataModule):
         return PaddingCollator(pad_id)
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool, collate_fn: Any = None,
-                **loader_options: Any) -> "DataLoader":
+                split: Optional[Literal["train", "val"]] = None, **loader_options: Any) -> "DataLoader":
         import torch
         from torch.utils.data import DataLoader
 
@@ -240,10 +240,22 @@ class DataModule(pl.LightningDataModule):
         if streaming and shuffle:
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.buffer_size)
         shuffle = shuffle and not streaming
+        sampler = None
+        if split is not None and not streaming and self.trainer is not None and self.trainer.world_size > 1:
+            # Our own distributed samplers, which Lightning keeps: its own always shuffles training data (ignoring
+            # `shuffle: false`) and repeats validation rows to even out the ranks (they would count twice).
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+            from torch.utils.data import DistributedSampler
+
+            ranks = dict(num_replicas=self.trainer.world_size, rank=self.trainer.global_rank)
+            sampler = (DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, **ranks) if split == "train"
+                       else UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks))
+            shuffle = False
         return loader_class(
             dataset.with_format("python") if streaming else dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=collate_fn or self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -261,14 +273,14 @@ class DataModule(pl.LightningDataModule):
             # Token-level losses divide by the loss tokens of the whole optimizer step (see Stage.token_mean).
             window = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
             options = dict(window=window, chosen_only=self.objective == "pairwise")
-        return self._loader(self.train_set, self.batch_size, self.shuffle, **options)
+        return self._loader(self.train_set, self.batch_size, self.shuffle, split="train", **options)
 
     def val_dataloader(self) -> "DataLoader | list":
         """Validation batches, or an empty list when ``val_size`` is 0 (Lightning then skips validation)."""
         self.setup()
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.eval_batch_size, False)
+        return self._loader(self.val_set, self.eval_batch_size, False, split="val")
 
     def predict_dataloader(self) -> "DataLoader":
         """Every example of the datasets as a left-padded generation prompt with its reference reply in
