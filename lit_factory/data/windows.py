@@ -38,7 +38,8 @@ class StepWindowLoader(DataLoader):
     """A ``DataLoader`` that yields its batches in windows of ``window`` (the trainer's ``accumulate_grad_batches``)
     and adds to each batch the window's loss-token count (``loss_tokens``), its length and the batch's position.
 
-    The last window of an epoch may be shorter; it is counted as it is. Windows start at the loader's first batch,
+    With ``window=1`` the batches pass through unchanged. The last window of an epoch may be shorter; it is counted
+    as it is. Windows start at the loader's first batch,
     which is where Lightning's accumulation windows start in every epoch.
 
     Args:
@@ -54,6 +55,9 @@ class StepWindowLoader(DataLoader):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         batches = super().__iter__()
+        if self.window == 1:  # one micro-batch per step: the stage counts it itself (Stage.token_mean)
+            yield from batches
+            return
         while True:
             ahead = []
             for batch in batches:
