@@ -169,7 +169,11 @@ def test_orpo_matches_the_paper(beta):
     chosen, rejected = paper_mean_logps(policy, batch).chunk(2)
     odds = lambda mean_logp: torch.exp(mean_logp) / (1 - torch.exp(mean_logp))  # noqa: E731 (eq. 3)
     log_odds_ratio = torch.log(odds(chosen) / odds(rejected))  # eq. 7 inside the log-sigmoid
-    expected = (-chosen).mean() + beta * (-torch.log(torch.sigmoid(log_odds_ratio))).mean()  # eqs. 5-6
+    # L_SFT as TRL's ORPOTrainer computes it: one token-level cross-entropy over all chosen-response tokens.
+    logits, labels = policy(batch["input_ids"]).logits, batch["labels"]
+    n = len(chosen)
+    nll = F.cross_entropy(logits[:n, :-1].reshape(-1, logits.size(-1)), labels[:n, 1:].reshape(-1), ignore_index=-100)
+    expected = nll + beta * (-torch.log(torch.sigmoid(log_odds_ratio))).mean()  # eqs. 5-6
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
 
 

@@ -30,11 +30,13 @@ class ProgressFile(Callback):
         self._start_step: Optional[int] = None
         self._last_write = 0.0
         self._total = 0
+        self._directory: Optional[str] = None
 
     def _write(self, trainer: Trainer, status: str) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        # Only rank 0 writes, at times of its own clock: no collective may happen here (see on_train_start).
+        if not trainer.is_global_zero or self._directory is None:
             return
-        path = Path(trainer.log_dir) / PROGRESS_FILE
+        path = Path(self._directory) / PROGRESS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         record: dict[str, Any] = {
             "step": int(trainer.global_step),
@@ -51,6 +53,8 @@ class ProgressFile(Callback):
         self._last_write = time.time()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # trainer.log_dir is a collective (rank 0's folder, broadcast): asked once here, where every rank comes.
+        self._directory = trainer.log_dir
         self._started = time.time()
         estimated = trainer.estimated_stepping_batches
         self._total = int(estimated) if estimated != float("inf") else int(trainer.max_steps)

@@ -8,7 +8,7 @@ with ``seed``. The collator follows the objective (see :mod:`lit_factory.data.co
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import lightning.pytorch as pl
 
@@ -237,28 +237,41 @@ class DataModule(pl.LightningDataModule):
             return PackedCollator(pad_id)
         return PaddingCollator(pad_id)
 
-    def _loader(self, dataset: Any, batch_size: int, train: bool, collate_fn: Any = None) -> "DataLoader":
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, collate_fn: Any = None,
+                split: Optional[Literal["train", "val"]] = None, **loader_options: Any) -> "DataLoader":
+        import torch
         from torch.utils.data import DataLoader
 
         from lit_factory.data.sampling import EpochShuffleSampler, ResumableDataLoader, ResumableSequentialSampler
 
         streaming = self.preprocessing.streaming
-        shuffle = train and self.shuffle
         if streaming and shuffle:
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.buffer_size)
-        options: dict[str, Any] = {}
+        shuffle = shuffle and not streaming
         loader_class = DataLoader
-        if train and not streaming:
+        sampler = None
+        if split is not None and not streaming and self.trainer is not None and self.trainer.world_size > 1:
+            # Our own distributed samplers, which Lightning keeps: its own always shuffles training data (ignoring
+            # `shuffle: false`) and repeats validation rows to even out the ranks (they would count twice).
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+            from torch.utils.data import DistributedSampler
+
+            ranks = dict(num_replicas=self.trainer.world_size, rank=self.trainer.global_rank)
+            sampler = (DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, **ranks) if split == "train"
+                       else UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks))
+        elif split == "train" and not streaming:
             # The order depends on (seed, epoch) only and the loader remembers its position: a run resumed from a
             # checkpoint in the middle of an epoch sees the batches the uninterrupted run would have seen.
+            sampler = EpochShuffleSampler(dataset, self.seed) if shuffle else ResumableSequentialSampler(dataset)
+        if split == "train" and not streaming:
             loader_class = ResumableDataLoader
-            options["sampler"] = (EpochShuffleSampler(dataset, self.seed) if shuffle
-                                  else ResumableSequentialSampler(dataset))
-        import torch
-
+            if loader_options:  # the training loader's step windows (see lit_factory.data.windows)
+                from lit_factory.data.windows import StepWindowLoader as loader_class
         return loader_class(
             dataset.with_format("python") if streaming else dataset,
             batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             collate_fn=collate_fn or self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -267,21 +280,26 @@ class DataModule(pl.LightningDataModule):
             # Each pass draws its worker seed from here, not from torch's global generator: a resumed run
             # starts its passes at other moments, and the dropout masks must not move with them.
             generator=torch.Generator().manual_seed(self.seed),
-            **options,
+            **loader_options,
         )
 
     def train_dataloader(self) -> "DataLoader":
         """Training batches in the objective's format, shuffled each epoch from ``seed`` and the epoch number
         (unless ``shuffle`` is off), resumable in the middle of an epoch (streams restart at their beginning)."""
         self.setup()
-        return self._loader(self.train_set, self.batch_size, train=True)
+        options = {}
+        if self.objective in ("supervised", "pretrain", "pairwise"):
+            # Token-level losses divide by the loss tokens of the whole optimizer step (see Stage.token_mean).
+            window = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+            options = dict(window=window, chosen_only=self.objective == "pairwise")
+        return self._loader(self.train_set, self.batch_size, self.shuffle, split="train", **options)
 
     def val_dataloader(self) -> "DataLoader | list":
         """Validation batches, or an empty list when ``val_size`` is 0 (Lightning then skips validation)."""
         self.setup()
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.eval_batch_size, False)
+        return self._loader(self.val_set, self.eval_batch_size, False, split="val")
 
     def predict_dataloader(self) -> "DataLoader":
         """Every example of the datasets as a left-padded generation prompt with its reference reply in

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -27,20 +27,36 @@ from lit_factory.optim.factory import OptimizerCallable, OptimizerFactory
 Optimizer = OptimizerCallable
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions whose label is not -100 (computed in float32).
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["mean", "sum"] = "mean"
+) -> torch.Tensor:
+    """Next-token cross-entropy over the positions whose label is not -100 (computed in float32): their mean, or
+    their sum for ``Stage.token_mean`` to divide by the optimizer step's token count.
 
     The labels shift left rather than the logits: slicing the logits would copy the largest tensor of the step.
     """
     next_tokens = F.pad(labels, (0, 1), value=-100)[:, 1:]
     return F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), next_tokens.reshape(-1), ignore_index=-100
+        logits.float().reshape(-1, logits.size(-1)), next_tokens.reshape(-1), ignore_index=-100, reduction=reduction
     )
 
 
 def count_label_tokens(labels: torch.Tensor) -> int:
     """How many positions a causal LM loss averages over (labels shift by one)."""
     return int((labels[:, 1:] != -100).sum())
+
+
+@dataclass
+class _StepWindow:
+    """The optimizer step being accumulated: its loss tokens over all ranks and what has run of it so far."""
+
+    tokens: Optional[torch.Tensor] = None  # every rank's loss tokens of the window (None: not announced)
+    batches: int = 1  # micro-batches in the window
+    local_tokens: int = 0  # this rank's loss tokens of the window, as the data announced them
+    seen_batches: int = 0
+    seen_tokens: int = 0  # this rank's loss tokens the stage's token terms counted so far
+    has_token_terms: bool = False
+    objective: Optional[torch.Tensor] = None  # this rank's share of the step's loss, as backpropagated
 
 
 class Stage(pl.LightningModule):
@@ -98,6 +114,8 @@ class Stage(pl.LightningModule):
         self.model: Optional[torch.nn.Module] = None
         self.val_loss = MeanMetric()
         self._step_started: Optional[float] = None
+        self._window = _StepWindow()
+        self._in_training_step = False
         # Adapter runs checkpoint only what trains; the frozen base is rebuilt from `model.path` on resume.
         self.strict_loading = not self._checkpoints_trainable_only
 
@@ -123,16 +141,105 @@ class Stage(pl.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The training objective of the stage on one batch. Override this in a subclass to change it."""
+        """The training objective of the stage on one batch. Override this in a subclass to change it.
+
+        Token-level terms go through ``token_mean``; terms that are already means over the batch's examples (the
+        per-pair preference losses) are returned as they are and averaged over the step's micro-batches and ranks.
+        """
         raise NotImplementedError
+
+    def token_mean(self, token_sum: torch.Tensor, tokens: Union[int, torch.Tensor]) -> torch.Tensor:
+        """A summed token-level loss (``tokens`` positions of this batch) as a mean over the optimizer step.
+
+        In a training step this is transformers' ``num_items_in_batch`` rule (>= 4.46): divide by the loss tokens of
+        the whole optimizer step, every micro-batch of the accumulation window on every rank, so each token weighs
+        the same however the micro-batches differ in length; multiply by the world size because data-parallel
+        strategies average gradients over ranks (transformers' ``average_tokens_across_devices``). Elsewhere
+        (validation, a direct call) it is the mean over this batch's tokens.
+        """
+        tokens = int(tokens)
+        if not self._in_training_step:
+            return token_sum / max(tokens, 1)
+        window = self._window
+        window.seen_tokens += tokens
+        window.has_token_terms = True
+        if window.tokens is None:
+            if self.trainer.accumulate_grad_batches > 1:
+                raise LitFactoryError(
+                    "trainer.accumulate_grad_batches > 1 needs training batches that carry their step's loss-token "
+                    "count: train with lit_factory's DataModule or wrap your DataLoader in "
+                    "lit_factory.data.windows.StepWindowLoader"
+                )
+            # One micro-batch per step: its count over the ranks is the step's count.
+            all_tokens = self.trainer.strategy.reduce(torch.tensor(tokens, device=self.device), reduce_op="sum")
+        else:
+            all_tokens = window.tokens
+        return token_sum * (self.trainer.world_size * window.batches / all_tokens.clamp(min=1))
 
     # ---- loops -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        accumulate = self.trainer.accumulate_grad_batches
+        self._enter_window(batch, batch_idx)
+        self._in_training_step = True
+        try:
+            loss = self.loss(batch)
+        finally:
+            self._in_training_step = False
+        window = self._window
+        window.seen_batches += 1
+        counted_otherwise = window.has_token_terms and window.seen_tokens != window.local_tokens
+        if window.tokens is not None and window.seen_batches == window.batches and counted_otherwise:
+            raise LitFactoryError(
+                f"{type(self).__name__}: the losses counted {window.seen_tokens} loss tokens in this step where the "
+                f"data announced {window.local_tokens}; the stage's token terms must count what "
+                "lit_factory.data.windows.loss_tokens counts"
+            )
+        # Lightning divides every micro-batch's loss by accumulate_grad_batches; a short last window has fewer
+        # micro-batches, so its per-example terms are rescaled to a mean over the micro-batches it really has
+        # (transformers' current_gradient_accumulation_steps); token_mean already scaled its terms by `batches`.
+        loss = loss * (accumulate / window.batches)
+        share = loss.detach() / accumulate
+        window.objective = share if window.objective is None else window.objective + share
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         self._log_throughput(batch)
         return loss
+
+    def _enter_window(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Start a new ``_StepWindow`` at the first micro-batch of an optimizer step (all ranks add up its count)."""
+        from lit_factory.data.windows import WINDOW_BATCHES, WINDOW_POSITION, WINDOW_TOKENS
+
+        accumulate = self.trainer.accumulate_grad_batches
+        if WINDOW_POSITION not in batch:  # a plain loader: Lightning's windows, no announced token count
+            if batch_idx % accumulate == 0:
+                self._window = _StepWindow(batches=accumulate)
+            return
+        position = batch[WINDOW_POSITION]
+        if position != batch_idx % accumulate or batch[WINDOW_BATCHES] > accumulate:
+            raise LitFactoryError(
+                f"training batch {batch_idx}: its step window (position {position} of {batch[WINDOW_BATCHES]}) "
+                f"does not line up with trainer.accumulate_grad_batches={accumulate}; build the loader with "
+                "window=accumulate_grad_batches"
+            )
+        if position == 0:
+            self._window = _StepWindow()
+            local = batch[WINDOW_TOKENS]
+            # clone: the DDP reduce works in place, and `local` stays this rank's count
+            self._window.tokens = self.trainer.strategy.reduce(local.to(self.device).clone(), reduce_op="sum")
+            self._window.local_tokens, self._window.batches = int(local), int(batch[WINDOW_BATCHES])
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # train/loss is the loss of the optimizer step: over its micro-batches, averaged over the ranks (which for
+        # token-level losses is the token mean of the whole step).
+        window = self._window
+        if window.objective is None:  # a stage with its own optimisation loop (PPO) logs its own losses
+            return
+        if window.tokens is not None and window.seen_batches < window.batches:
+            rank_zero_warn(
+                f"an optimizer step ran {window.seen_batches} of its window's {window.batches} micro-batches "
+                "(limit_train_batches not a multiple of accumulate_grad_batches?): its tokens weigh a little less"
+            )
+        self.log("train/loss", window.objective, prog_bar=True, sync_dist=self.trainer.world_size > 1)
+        window.objective = None
 
     def _log_throughput(self, batch: dict[str, torch.Tensor]) -> None:
         # Time from one step's start to the next covers data loading, forward, backward and optimizer together.

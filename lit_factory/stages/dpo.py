@@ -14,12 +14,17 @@ from lit_factory.stages.preference import ReferenceStage, require_batch
 class DPO(ReferenceStage):
     """DPO on pairwise batches (first n rows chosen, last n rejected), against a frozen reference policy.
 
+    The per-pair losses are averaged over the batch's pairs (and over the micro-batches and ranks of a step), as
+    TRL does; only the DPO-ftx term is token-level.
+
     Args:
         beta: β, the strength of the pull towards the reference (for IPO: the regularisation τ).
         loss_type: ``sigmoid`` (DPO), ``ipo`` (arXiv 2310.12036, on per-token mean log-ratios as in TRL) or
             ``hinge`` (SLiC, arXiv 2305.10425).
         label_smoothing: ε of conservative DPO: the chance a preference label is flipped (``sigmoid`` only).
-        sft_weight: γ of DPO-ftx: adds γ times the token-mean negative log-likelihood of the chosen responses.
+        sft_weight: γ of DPO-ftx: adds γ times the token-mean negative log-likelihood of the chosen responses,
+            averaged over every chosen-response token of the optimizer step (all micro-batches and ranks, see
+            ``Stage.token_mean``). The preference loss itself stays a mean over pairs, as in TRL.
         **kwargs: ``reference`` and the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
     """
 
@@ -59,7 +64,7 @@ class DPO(ReferenceStage):
         loss = losses.mean()
         if self.sft_weight:
             chosen_logps, chosen_counts = logps.chunk(2)[0], counts.chunk(2)[0]
-            loss = loss + self.sft_weight * -chosen_logps.sum() / chosen_counts.sum().clamp(min=1)
+            loss = loss + self.sft_weight * self.token_mean(-chosen_logps.sum(), chosen_counts.sum())
 
         chosen_rewards, rejected_rewards = self.beta * chosen_logratios.detach(), self.beta * rejected_logratios.detach()
         self.log_metrics({

@@ -20,8 +20,10 @@ class ORPO(PreferenceStage):
     """ORPO on pairwise batches (first n rows chosen, last n rejected).
 
     With P = exp(mean token log-probability of a response) and odds = P / (1 - P), the loss is
-    L_SFT + λ · −log σ(log odds(chosen) − log odds(rejected)), where L_SFT is the mean per-token negative
-    log-likelihood of the chosen responses (paper, eqs. 2–7).
+    L_SFT + λ · −log σ(log odds(chosen) − log odds(rejected)) (paper, eqs. 2–7). L_SFT is the negative
+    log-likelihood of the chosen responses' tokens, a mean over every chosen-response token of the optimizer step
+    (all micro-batches and ranks, see ``Stage.token_mean``) as TRL's token-level cross-entropy is over a batch;
+    the odds-ratio term stays a mean over pairs, as in TRL.
 
     Args:
         beta: λ, the weight of the odds-ratio term.
@@ -40,12 +42,13 @@ class ORPO(PreferenceStage):
         logps, counts = self.policy_logps(batch)
         chosen, rejected = (logps / counts.clamp(min=1)).chunk(2)
         log_odds_ratio = (chosen - rejected) - (log1m_exp(chosen) - log1m_exp(rejected))
-        nll = -chosen.mean()
+        chosen_logps, chosen_counts = logps.chunk(2)[0], counts.chunk(2)[0]
+        nll = self.token_mean(-chosen_logps.sum(), chosen_counts.sum())
         odds_ratio_loss = -F.logsigmoid(log_odds_ratio).mean()
 
         chosen_rewards, rejected_rewards = self.beta * chosen.detach(), self.beta * rejected.detach()
         self.log_metrics({
-            "nll": nll,
+            "nll": -chosen_logps.detach().sum() / chosen_counts.sum().clamp(min=1),  # this batch's token mean
             "log_odds_ratio": log_odds_ratio.mean(),
             "rewards/chosen": chosen_rewards.mean(),
             "rewards/rejected": rejected_rewards.mean(),

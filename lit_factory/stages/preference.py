@@ -51,6 +51,8 @@ def require_batch(batch: Batch, keys: tuple[str, ...], stage: str, objective: st
 class PreferenceStage(Stage):
     """Base of the stages trained on chosen/rejected (or desirable/undesirable) responses.
 
+    Per-example (per-pair) losses are means over the batch's examples, averaged over the micro-batches and ranks of
+    an optimizer step, as TRL does; token-level terms (NLL/SFT) go through ``Stage.token_mean``.
     Validation reports the mean loss per batch row group (``val/loss``) plus the stage's metrics; perplexity means
     nothing for these objectives and is not logged.
     """

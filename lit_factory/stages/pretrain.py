@@ -2,7 +2,7 @@
 
 import torch
 
-from lit_factory.stages.base import Stage, causal_lm_loss
+from lit_factory.stages.base import Stage, causal_lm_loss, count_label_tokens
 
 
 class PreTrain(Stage):
@@ -12,4 +12,5 @@ class PreTrain(Stage):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return causal_lm_loss(logits, batch["labels"])
+        # Summed, then divided by the optimizer step's loss tokens (all micro-batches and ranks): Stage.token_mean.
+        return self.token_mean(causal_lm_loss(logits, batch["labels"], "sum"), count_label_tokens(batch["labels"]))

@@ -3,7 +3,7 @@
 import torch
 
 from lit_factory.data.packing import attention_inputs
-from lit_factory.stages.base import Stage, causal_lm_loss
+from lit_factory.stages.base import Stage, causal_lm_loss, count_label_tokens
 
 
 class SFT(Stage):
@@ -13,4 +13,5 @@ class SFT(Stage):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self(batch["input_ids"], **attention_inputs(batch)).logits  # packed rows: per-sequence attention
-        return causal_lm_loss(logits, batch["labels"])
+        # Summed, then divided by the optimizer step's loss tokens (all micro-batches and ranks): Stage.token_mean.
+        return self.token_mean(causal_lm_loss(logits, batch["labels"], "sum"), count_label_tokens(batch["labels"]))

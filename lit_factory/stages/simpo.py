@@ -14,7 +14,7 @@ class SimPO(PreferenceStage):
     """SimPO on pairwise batches (first n rows chosen, last n rejected).
 
     The implicit reward of a response is β times its mean token log-probability; the loss is
-    −log σ(r(chosen) − r(rejected) − γ) (paper, eq. 6).
+    −log σ(r(chosen) − r(rejected) − γ) (paper, eq. 6), a mean over pairs (as in TRL): it has no token-level term.
 
     Args:
         beta: β, the scale of the length-normalised reward (the paper uses 2.0–2.5).

@@ -1,0 +1,107 @@
+"""DDP on CPU (gloo) through Lightning's own launcher: 2 processes train exactly what 1 process trains on the same
+global batch (per-step loss, validation loss, final weights), and rank 0 saves the model."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tiny_models import DEMO, save_tiny_base
+
+MICRO_BATCH, ACCUMULATE, STEPS = 4, 2, 3
+
+
+def recipe(directory: Path, batch_size: int, base: Path) -> Path:
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu", "precision": "32-true", "max_steps": STEPS, "accumulate_grad_batches": ACCUMULATE,
+            "log_every_n_steps": 1, "val_check_interval": STEPS * ACCUMULATE, "check_val_every_n_epoch": None,
+            "enable_model_summary": False, "enable_progress_bar": False, "num_sanity_val_steps": 0,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(directory), "name": "run", "version": 0}},
+            "callbacks": [{"class_path": "lit_factory.board.progress.ProgressFile"}],
+        },
+        "model": {"class_path": "lit_factory.stages.SFT", "init_args": {
+            "model": {"path": str(base)},  # a saved model: both runs start from the same weights
+            "finetuning": {"class_path": "lit_factory.model.Full"},
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}},
+            "lr_schedule": "constant",
+        }},
+        "data": {"class_path": "lit_factory.data.DataModule", "init_args": {
+            "dataset_dir": DEMO, "dataset": ["sparrow_sft"], "template": "chatml", "cutoff_len": 64,
+            "batch_size": batch_size, "val_size": 4, "shuffle": False,
+        }},
+    }
+    path = directory / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fit(directory: Path, batch_size: int, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    directory.mkdir()
+    base = directory.parent / "base"
+    if not base.exists():
+        save_tiny_base(base)
+    command = [sys.executable, "-m", "lit_factory", "fit", "--config", str(recipe(directory, batch_size, base)),
+               *overrides]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def finish(process: subprocess.Popen) -> None:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+
+
+def logged(directory: Path, name: str) -> list[float]:
+    with open(directory / "run" / "version_0" / "metrics.csv") as file:
+        return [float(row[name]) for row in csv.DictReader(file) if row.get(name)]
+
+
+def weights(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(directory / "run" / "version_0" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """One process with micro-batch 4, and DDP over 2 gloo processes with micro-batch 2 (the same global batch)."""
+    root = tmp_path_factory.mktemp("runs")
+    finish(fit(root / "single", MICRO_BATCH, "--trainer.devices", "1"))
+    finish(fit(root / "ddp", MICRO_BATCH // 2, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+               env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}))
+    return root / "single", root / "ddp"
+
+
+@pytest.mark.slow
+def test_ddp_run_finishes_and_rank_zero_saves_the_model(runs):
+    single, ddp = runs
+    run_dir = ddp / "run" / "version_0"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "progress.json"} <= {p.name for p in run_dir.iterdir()}
+    assert len(logged(ddp, "train/loss")) == STEPS
+    assert weights(ddp).keys() == weights(single).keys()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_like_one_with_the_same_global_batch(runs):
+    import torch
+
+    single, distributed = runs
+    assert logged(distributed, "train/loss") == pytest.approx(logged(single, "train/loss"), abs=1e-5)
+    assert logged(distributed, "val/loss") == pytest.approx(logged(single, "val/loss"), abs=1e-5)
+    ours, reference = weights(distributed), weights(single)
+    for name in reference:
+        torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
