@@ -50,7 +50,7 @@ def free_port() -> int:
 
 
 def fit(directory: Path, batch_size: int, *overrides: str, env: dict | None = None) -> subprocess.Popen:
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)
     base = directory.parent / "base"
     if not base.exists():
         save_tiny_base(base)
@@ -95,13 +95,33 @@ def test_ddp_run_finishes_and_rank_zero_saves_the_model(runs):
     assert weights(ddp).keys() == weights(single).keys()
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_train_like_one_with_the_same_global_batch(runs):
+def assert_same_run(single: Path, distributed: Path) -> None:
+    """Same per-step train/loss, val/loss and final weights (fp32, 1e-5) as the one-process run."""
     import torch
 
-    single, distributed = runs
+    assert len(logged(single, "train/loss")) == STEPS
     assert logged(distributed, "train/loss") == pytest.approx(logged(single, "train/loss"), abs=1e-5)
     assert logged(distributed, "val/loss") == pytest.approx(logged(single, "val/loss"), abs=1e-5)
     ours, reference = weights(distributed), weights(single)
     for name in reference:
         torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_like_one_with_the_same_global_batch(runs):
+    assert_same_run(*runs)
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_on_localhost_train_like_one_process(runs, tmp_path):
+    """``num_nodes: 2`` with the usual environment (NODE_RANK, MASTER_ADDR, MASTER_PORT): one command per node."""
+    single, _ = runs
+    (tmp_path / "base").symlink_to(single.parent / "base")
+    port = str(free_port())
+    nodes = [fit(tmp_path / "nodes", MICRO_BATCH // 2, "--trainer.devices", "1", "--trainer.num_nodes", "2",
+                 "--trainer.strategy", "ddp",
+                 env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(rank), "LOCAL_RANK": "0"})
+             for rank in (0, 1)]
+    for node in nodes:
+        finish(node)
+    assert_same_run(single, tmp_path / "nodes")
