@@ -50,6 +50,9 @@ class ScriptedEngine:
     """The engine interface over a fixed reply; records the prompts it was asked to continue."""
 
     def __init__(self, reply: str) -> None:
+        from lit_factory.infer.engine import GenerationArgs
+
+        self.generation = GenerationArgs()  # the server caps max_tokens from these defaults
         self.template = get_template("qwen")
         self.reply = reply
         self.prompts: list[str] = []

@@ -106,8 +106,8 @@ def read_llamafactory_file(path: str | Path, overrides: Optional[list[str]] = No
 
     try:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise LitFactoryError(f"{path}: cannot read it as YAML ({' '.join(str(err).split())}). Fix: the file.")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # not readable as LLaMA-Factory's: the recipe checks of `lit_factory.cli` name the problem
     if not is_llamafactory_config(config):
         return None
     for override in overrides or []:

@@ -263,7 +263,7 @@ class DataModule(pl.LightningDataModule):
             # The order depends on (seed, epoch) only and the loader remembers its position: a run resumed from a
             # checkpoint in the middle of an epoch sees the batches the uninterrupted run would have seen.
             sampler = EpochShuffleSampler(dataset, self.seed) if shuffle else ResumableSequentialSampler(dataset)
-        if split == "train" and not streaming:
+        if split == "train":
             loader_class = ResumableDataLoader
             if loader_options:  # the training loader's step windows (see lit_factory.data.windows)
                 from lit_factory.data.windows import StepWindowLoader as loader_class

@@ -93,7 +93,11 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         # With workers, the first pass is started before Lightning's set_epoch call: set the epoch here too.
         epoch, consumed = state["epoch"], state["batches_yielded"]
-        if consumed >= len(self):  # saved after the epoch's last batch: Lightning goes on with the next epoch
+        try:
+            batches = len(self)
+        except TypeError:  # a stream has no length: it restarts at its beginning (see the README)
+            return
+        if consumed >= batches:  # saved after the epoch's last batch: Lightning goes on with the next epoch
             epoch, consumed = epoch + 1, 0
         sampler = self._sampler_with_epoch()
         if sampler is not None:
