@@ -11,6 +11,7 @@ import torch
 from lit_factory.data.datamodule import DataModule
 from lit_factory.data.tokenize import IGNORE_INDEX
 from lit_factory.errors import LitFactoryError
+from test_data_tokenize import llamafactory_infer_seqlen  # the one copy of LLaMA-Factory's rule
 
 
 def make(folder, tokenizer, dataset, objective, **kwargs) -> DataModule:
@@ -82,18 +83,6 @@ def test_pairwise_truncation_cuts_both_replies_to_one_budget(peer_data_dir, qwen
         chosen_prompt = (batch["labels"][row] == IGNORE_INDEX) & batch["attention_mask"][row].bool()
         rejected_prompt = (batch["labels"][2 + row] == IGNORE_INDEX) & batch["attention_mask"][2 + row].bool()
         assert chosen_prompt.sum() == rejected_prompt.sum() > 0
-
-
-def llamafactory_infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
-    """LLaMA-Factory's rule (src/llamafactory/data/processor/processor_utils.py), the reference."""
-    if target_len * 2 < cutoff_len:
-        max_target_len = cutoff_len
-    elif source_len * 2 < cutoff_len:
-        max_target_len = cutoff_len - source_len
-    else:
-        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
-    new_target_len = min(max_target_len, target_len)
-    return min(max(cutoff_len - new_target_len, 0), source_len), new_target_len
 
 
 @pytest.mark.parametrize("truncation_side", ["right", "left"])
