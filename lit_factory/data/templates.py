@@ -28,6 +28,19 @@ answering one assistant turn) renders each result through ``tool_result_format``
 to the system prompt through ``tools_format``. Families whose system prompt lives inside the first user message
 (Llama 2, Gemma) set ``system_in_user``.
 
+Reasoning families (Qwen3, DeepSeek-R1, gpt-oss ...) set ``thought_words``: a reply may open with a thought, written
+``open + thought + close`` before the answer (a reply whose text holds the close marker is read as thought, then
+answer, as Qwen3's template reads it). As the official templates do, only the replies after the last user message
+keep their thought (``keep_thoughts`` keeps every reply's); those replies always carry a thought block, the empty
+one (``empty_thought``) when they have none, and it is loss-bearing. ``enable_thinking: false`` (a data option)
+drops the thoughts and writes the empty block at the end of the prompt instead, so it carries no loss and the
+generation prompt ends with it (Qwen3's ``enable_thinking=False``).
+
+A file may ``extends: <other>`` to take every field of another template but ``detect``, ``model_types`` and
+``aliases`` (which identify a family) and change a few (LLaMA-Factory's families that differ only in their default
+system prompt). ``aliases`` lists other names of the same format (LLaMA-Factory's names for the text part of its
+multimodal models), so a recipe's ``template: qwen2_vl`` finds ``qwen2_vl.yaml`` or the file that lists it.
+
 ``template: tokenizer`` uses the tokenizer's own jinja ``chat_template`` instead (see
 :mod:`lit_factory.data.tokenizer_template`).
 """
@@ -36,7 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -91,6 +104,16 @@ class Template:
             trimming (falcon's reference turns blank lines into single newlines).
         detect: strings that all appear in a tokenizer's chat template (or added tokens) when this is its family;
             ``auto`` tries templates with more markers first.
+        thought_words: ``[open, close]`` around a reply's thought; set for reasoning families (Qwen3:
+            ``["<think>\\n", "\\n</think>\\n\\n"]``).
+        empty_thought: the thought block of a reply without a thought (default ``open + close``; GLM-4.7 writes only
+            the close marker).
+        keep_thoughts: keep the thoughts of replies before the last user message too (the official templates drop
+            them: a model never sees its earlier thoughts in a conversation).
+        enable_thinking: replies think (their thought blocks are loss-bearing); false drops thoughts and ends each
+            prompt with ``empty_thought`` (no loss), as Qwen3's ``enable_thinking=False``. Set per run with the
+            data option ``enable_thinking``.
+        aliases: other registry names of this same format.
     """
 
     name: str
@@ -111,6 +134,11 @@ class Template:
     trim: tuple[str, ...] = ()
     content_replacements: tuple[tuple[str, str], ...] = ()
     detect: tuple[str, ...] = ()
+    thought_words: tuple[str, ...] = ()
+    empty_thought: str | None = None
+    keep_thoughts: bool = False
+    enable_thinking: bool = True
+    aliases: tuple[str, ...] = ()
 
     def render_turns(
         self, messages: list[Message], system: str | None = None, bos_token: str = "", eos_token: str = "",
@@ -130,12 +158,17 @@ class Template:
                 f"{len(messages)} messages. Fix: give user/assistant pairs."
             )
         _check_alternation(messages, self.name)
+        return self._turns(messages, system, bos_token, eos_token, tools, _last_user(messages))
+
+    def _turns(self, messages: list[Message], system: str | None, bos_token: str, eos_token: str, tools: str,
+               last_user: int) -> list[tuple[str, str, str]]:
+        """The exchanges of ``messages``; replies after message ``last_user`` are the latest (they keep thoughts)."""
         turns = []
         for index in range(0, len(messages), 2):
             prompt = self._user(messages[index], index == 0, system, tools, bos_token, eos_token)
-            response = self._assistant(messages[index + 1], bos_token, eos_token)
+            to_prompt, response = self._assistant(messages[index + 1], bos_token, eos_token, index + 1 > last_user)
             separator = self._fill(self.separator, "", bos_token, eos_token)
-            turns.append((prompt, response, separator))
+            turns.append((prompt + to_prompt, response, separator))
         return turns
 
     def render(
@@ -162,10 +195,12 @@ class Template:
                 f"{len(messages)} messages. Fix: drop the final assistant message."
             )
         _check_alternation(messages, self.name)
-        history = "".join(
-            "".join(turn) for turn in self.render_turns(messages[:-1], system, bos_token, eos_token, tools)
-        )
-        return history + self._user(messages[-1], not history, system, tools, bos_token, eos_token)
+        turns = self._turns(messages[:-1], system, bos_token, eos_token, tools, _last_user(messages))
+        history = "".join("".join(turn) for turn in turns)
+        prompt = history + self._user(messages[-1], not history, system, tools, bos_token, eos_token)
+        if self.thought_words and not self.enable_thinking:
+            prompt += self._empty_thought
+        return prompt
 
     def _user(self, message: Message, first: bool, system: str | None, tools: str, bos_token: str,
               eos_token: str) -> str:
@@ -199,12 +234,36 @@ class Template:
                 text = text.replace(old, new)
         return text.strip() if role in self.trim else text
 
-    def _assistant(self, message: Message, bos_token: str, eos_token: str) -> str:
-        if message["role"] != "function":
-            return self._fill(self.assistant_format, self._text(message["content"], "assistant"), bos_token,
-                              eos_token)
-        fmt = self.function_format if self.function_format is not None else self.assistant_format
-        return self._fill(fmt, self._tool_calls(message["content"]), bos_token, eos_token)
+    def _assistant(self, message: Message, bos_token: str, eos_token: str, latest: bool) -> tuple[str, str]:
+        """A reply as (text that goes to the end of the prompt, loss-bearing response)."""
+        if message["role"] == "function":
+            fmt = self.function_format if self.function_format is not None else self.assistant_format
+            return "", self._fill(fmt, self._tool_calls(message["content"]), bos_token, eos_token)
+        if not self.thought_words:
+            return "", self._fill(self.assistant_format, self._text(message["content"], "assistant"), bos_token,
+                                  eos_token)
+        thought, answer = self._split_thought(message["content"])
+        answer = self._text(answer, "assistant")
+        if not (latest or self.keep_thoughts):  # an earlier reply: the official templates drop its thought
+            return "", self._fill(self.assistant_format, answer, bos_token, eos_token)
+        if not self.enable_thinking:
+            return self._empty_thought, self._fill(self.assistant_format, answer, bos_token, eos_token)
+        opened, closed = self.thought_words
+        block = opened + thought + closed if thought else self._empty_thought
+        return "", self._fill(self.assistant_format, block + answer, bos_token, eos_token)
+
+    @property
+    def _empty_thought(self) -> str:
+        return self.empty_thought if self.empty_thought is not None else "".join(self.thought_words)
+
+    def _split_thought(self, content: str) -> tuple[str, str]:
+        """(thought, answer) of a reply, read as Qwen3's template reads it: text before the close marker (after any
+        open marker) is the thought, newlines around it dropped; the answer loses its leading newlines."""
+        opened, closed = (word.strip() for word in self.thought_words)
+        if closed not in content:
+            return "", content
+        thought, answer = content.split(closed)[0], content.split(closed)[-1]
+        return thought.split(opened)[-1].strip("\n"), answer.lstrip("\n")
 
     def _tool_calls(self, content: str) -> str:
         """A function message as this family writes it: the assistant's text, then one line per call (content that
@@ -244,6 +303,11 @@ class Template:
 AnyTemplate = Union[Template, "TokenizerTemplate"]
 
 
+def _last_user(messages: list[Message]) -> int:
+    """Index of the last user message (tool results are not one): replies after it are the latest."""
+    return max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+
+
 def _split_system(messages: list[Message], system: str | None) -> tuple[list[Message], str | None]:
     if messages and messages[0].get("role") == "system":
         return messages[1:], system if system is not None else messages[0]["content"]
@@ -261,16 +325,37 @@ def _check_alternation(messages: list[Message], template_name: str) -> None:
 
 
 def available_templates() -> list[str]:
-    """Names of the templates shipped in ``templates/``."""
-    return sorted(path.stem for path in TEMPLATES_DIR.glob("*.yaml"))
+    """Names of the templates shipped in ``templates/``, their aliases included."""
+    return sorted({path.stem for path in TEMPLATES_DIR.glob("*.yaml")} | set(_aliases()))
 
 
-def get_template(name: str, tokenizer: Any = None) -> AnyTemplate:
-    """The template called ``name`` (a file in ``templates/``, or a path to a YAML file of the same schema).
+@lru_cache(maxsize=None)
+def _aliases() -> dict[str, str]:
+    """alias -> the shipped file that lists it under ``aliases``."""
+    found: dict[str, str] = {}
+    for path in sorted(TEMPLATES_DIR.glob("*.yaml")):
+        for alias in _read_raw(str(path)).get("aliases") or ():
+            if alias in found or (TEMPLATES_DIR / f"{alias}.yaml").is_file():
+                raise LitFactoryError(f"{path}: alias {alias!r} is already a template name. Fix: remove it.")
+            found[alias] = path.stem
+    return found
+
+
+def get_template(name: str, tokenizer: Any = None, enable_thinking: bool | None = None) -> AnyTemplate:
+    """The template called ``name`` (a file in ``templates/``, an alias listed in one, or a path to a YAML file of
+    the same schema).
 
     ``"auto"`` picks one from the tokenizer (see :func:`detect_template_name`); ``"tokenizer"`` uses the
-    tokenizer's own jinja chat template.
+    tokenizer's own jinja chat template. ``enable_thinking`` (None: the file's own) switches a reasoning
+    template's thoughts on or off; other templates ignore it, as LLaMA-Factory does.
     """
+    template = _get_template(name, tokenizer)
+    if enable_thinking is not None and isinstance(template, Template) and template.thought_words:
+        template = replace(template, enable_thinking=bool(enable_thinking))
+    return template
+
+
+def _get_template(name: str, tokenizer: Any) -> AnyTemplate:
     if name == "tokenizer":
         chat_template = getattr(tokenizer, "chat_template", None)
         if not isinstance(chat_template, str) or not chat_template:
@@ -288,7 +373,7 @@ def get_template(name: str, tokenizer: Any = None) -> AnyTemplate:
         log.info("template 'auto' resolved to %r", name)
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
-        path = TEMPLATES_DIR / f"{name}.yaml"
+        path = TEMPLATES_DIR / f"{_aliases().get(name, name)}.yaml"
     if not path.is_file():
         raise LitFactoryError(
             f"template: no template {name!r} (looked for {path}). Fix: use one of {available_templates()}, "
@@ -310,8 +395,10 @@ def _tokenizer_model_type(tokenizer: Any) -> str | None:
 
 
 def detect_template_name(tokenizer: Any) -> str:
-    """Guess the template from a tokenizer: the family whose ``detect`` markers all appear in its chat template or
-    added tokens (most markers first), else the family listing the model's ``model_type``, else ``default``."""
+    """Guess the template from a tokenizer: the family listing the model's ``model_type`` (config.json next to the
+    tokenizer) when its ``detect`` markers, if it has any, all appear in the tokenizer's chat template or added
+    tokens (several families share markers: Qwen3 and Qwen2.5); else the family whose markers all appear (most
+    markers first); else the family listing the ``model_type``; else ``default``."""
     chat_template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(chat_template, dict):  # some tokenizers keep several named templates
         chat_template = "\n".join(str(value) for value in chat_template.values())
@@ -319,23 +406,25 @@ def detect_template_name(tokenizer: Any) -> str:
     if hasattr(tokenizer, "get_added_vocab"):
         added_tokens = " ".join(tokenizer.get_added_vocab())
     haystack = f"{chat_template}\n{added_tokens}"
-    templates = [get_template(name) for name in available_templates()]
+    templates = [_load_template(str(path.resolve())) for path in sorted(TEMPLATES_DIR.glob("*.yaml"))]
+    model_type = _tokenizer_model_type(tokenizer)
+    typed = [t for t in templates if model_type and model_type in t.model_types]
+    for template in typed:
+        if all(marker in haystack for marker in template.detect):
+            return template.name
     candidates = sorted((t for t in templates if t.detect), key=lambda t: (-len(t.detect), t.name))
     for template in candidates:
         if all(marker in haystack for marker in template.detect):
             return template.name
-    model_type = _tokenizer_model_type(tokenizer)
-    for template in templates:
-        if model_type and model_type in template.model_types:
-            return template.name
-    return "default"
+    return typed[0].name if typed else "default"
 
 
-_FIELDS = {f.name for f in fields(Template)}
+_FIELDS = {f.name for f in fields(Template)} | {"extends"}
+_IDENTITY = ("detect", "model_types", "aliases")  # what `extends` does not inherit
 
 
 @lru_cache(maxsize=None)
-def _load_template(path: str) -> Template:
+def _read_raw(path: str) -> dict:
     import yaml
 
     try:
@@ -347,13 +436,38 @@ def _load_template(path: str) -> Template:
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
         raise LitFactoryError(f"{path}: unknown field(s) {unknown}. Fix: use only {sorted(_FIELDS - {'name'})}.")
+    return raw
+
+
+def _resolve_extends(path: str, seen: tuple[str, ...] = ()) -> dict:
+    """The file's fields over those of the template it ``extends`` (identity fields not inherited)."""
+    raw = dict(_read_raw(path))
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base_path = TEMPLATES_DIR / f"{_aliases().get(base_name, base_name)}.yaml"
+    if not base_path.is_file():
+        raise LitFactoryError(f"{path}: extends {base_name!r}, which is not a shipped template. Fix: name one of "
+                              "templates/.")
+    if str(base_path.resolve()) in seen:
+        raise LitFactoryError(f"{path}: extends {base_name!r}, which extends it back. Fix: break the cycle.")
+    base = _resolve_extends(str(base_path.resolve()), (*seen, path))
+    return {**{k: v for k, v in base.items() if k not in _IDENTITY and k != "name"}, **raw}
+
+
+@lru_cache(maxsize=None)
+def _load_template(path: str) -> Template:
+    raw = _resolve_extends(path)
     for key in ("user_format", "assistant_format", "system_format", "observation_format", "function_format",
                 "tool_call_format", "tool_result_format", "tools_format"):
         if raw.get(key) is not None and "{content}" not in str(raw[key]):
             raise LitFactoryError(f"{path}: field {key!r} has no {{content}} placeholder. Fix: add it.")
     raw.setdefault("name", Path(path).stem)
-    for key in ("stop_words", "model_types", "detect", "trim"):
+    for key in ("stop_words", "model_types", "detect", "trim", "thought_words", "aliases"):
         raw[key] = tuple(raw.get(key) or ())
+    if raw["thought_words"] and len(raw["thought_words"]) != 2:
+        raise LitFactoryError(f"{path}: field 'thought_words' must be [open, close]. Fix: e.g. "
+                              "[\"<think>\\n\", \"\\n</think>\\n\\n\"].")
     roles = {"system", "user", "assistant", "observation", "function"}
     if not set(raw["trim"]) <= roles:
         raise LitFactoryError(f"{path}: field 'trim' lists {sorted(set(raw['trim']) - roles)}. Fix: use roles of "
