@@ -57,7 +57,7 @@ UNSUPPORTED = {
     "ref_model": None, "galore_layerwise": False, "export_quantization_bit": None, "upcast_layernorm": False,
     "ppo_score_norm": False, "ppo_buffer_size": 1, "create_new_adapter": False, "disable_shuffling": False,
     "resume_from_checkpoint": None, "moe_aux_loss_coef": None, "image_max_pixels": None, "video_max_pixels": None,
-    "video_fps": None, "video_maxlen": None, "pissa_convert": True, "enable_thinking": True, "default_system": None,
+    "video_fps": None, "video_maxlen": None, "pissa_convert": True, "default_system": None,
     "tool_format": None,
 }
 # Options that only count while their feature is on: (key pattern, is the feature on?, what switches it on).
@@ -465,6 +465,8 @@ def _data_args(keys: _Keys, stage: str) -> dict[str, Any]:
     }
     if data["val_size"] >= 1:
         data["val_size"] = int(data["val_size"])
+    if keys.has("enable_thinking"):  # LLaMA-Factory's default (think) is the reasoning templates' own
+        data["enable_thinking"] = bool(keys.take("enable_thinking", to=to + "enable_thinking"))
     if keys.has("per_device_eval_batch_size"):
         data["eval_batch_size"] = int(keys.take("per_device_eval_batch_size", to=to + "eval_batch_size"))
     if keys.has("interleave_probs"):

@@ -40,6 +40,9 @@ class DataModule(pl.LightningDataModule):
             pairs), ``prompt`` (left-padded prompts only, for PPO and generation).
         template: chat template name (a file in ``templates/``) or a path to a template YAML; ``auto`` picks one
             from the tokenizer; ``tokenizer`` uses the tokenizer's own jinja chat template. Unused by ``pretrain``.
+        enable_thinking: (reasoning templates: qwen3, deepseekr1, ...) null keeps the template's own setting (they
+            think); false drops the replies' thoughts and ends each prompt with the empty thought block, as
+            Qwen3's ``enable_thinking=False`` (see :mod:`lit_factory.data.templates`). Other templates ignore it.
         cutoff_len: most tokens per example (supervised, preference), exact tokens per block (pretrain), most
             tokens per packed row (packing).
         batch_size: training examples per batch (pairwise: pairs, so 2x rows).
@@ -73,6 +76,7 @@ class DataModule(pl.LightningDataModule):
         tokenizer: Any = None,
         objective: Literal["supervised", "pretrain", "pairwise", "kto", "prompt"] = "supervised",
         template: str = "auto",
+        enable_thinking: bool | None = None,
         cutoff_len: int = 1024,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
@@ -125,6 +129,7 @@ class DataModule(pl.LightningDataModule):
         self.dataset_dir = resolve_shipped_path(dataset_dir)
         self.objective = objective
         self.template_name = template
+        self.enable_thinking = enable_thinking
         self.cutoff_len = cutoff_len
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -169,7 +174,7 @@ class DataModule(pl.LightningDataModule):
     def template(self) -> AnyTemplate:
         """The chat template, resolved on first use (``auto`` looks at the tokenizer)."""
         if self._template is None:
-            self._template = get_template(self.template_name, self.tokenizer)
+            self._template = get_template(self.template_name, self.tokenizer, self.enable_thinking)
         return self._template
 
     @property

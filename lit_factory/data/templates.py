@@ -246,6 +246,7 @@ class Template:
         answer = self._text(answer, "assistant")
         if not (latest or self.keep_thoughts):  # an earlier reply: the official templates drop its thought
             return "", self._fill(self.assistant_format, answer, bos_token, eos_token)
+        answer = answer.lstrip("\n")  # after a thought block the answer starts at once (Qwen3's template)
         if not self.enable_thinking:
             return self._empty_thought, self._fill(self.assistant_format, answer, bos_token, eos_token)
         opened, closed = self.thought_words
