@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from lit_factory.data.templates import Message, _split_system
+from lit_factory.data.template_format import Message, _split_system
 from lit_factory.data.tool_messages import read_function, read_observation
 from lit_factory.errors import LitFactoryError
 
