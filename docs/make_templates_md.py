@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 SHARED_REFERENCES = ["qwen", "chatml", "llama3", "llama2", "mistral", "gemma", "phi", "phi_small", "zephyr", "vicuna",
                      "alpaca", "amberchat", "chatqa", "falcon", "openchat", "solar", "granite", "saiga"]
 TOKEN_PARITY = {"qwen": "qwen2.5-instruct", "mistral": "mistral-7b-instruct-v0.1"}
-FIXTURE_REFERENCES = {"qwen3": "qwen3.jinja (Qwen3, official)", "gemma2": "gemma-2-it.jinja (Gemma 2, official)"}
+FIXTURE_REFERENCES = {"qwen3": "qwen3.jinja (Qwen3, official)", "gemma2": "gemma-2-it.jinja (Gemma 2, official)",
+                      "phi4": "phi-4.jinja (Phi-4, official)"}
 
 
 def parity(name: str) -> str:

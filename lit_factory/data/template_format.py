@@ -78,6 +78,9 @@ class Template:
         tool_call_format: one call inside ``function_format``; ``{content}`` is ``{"name": .., "arguments": ..}``.
         tools_format: appended to the system prompt when a conversation has tools; ``{content}`` is one JSON tool
             definition per line.
+        system_tools_separator: written between a system prompt (an explicit one, even empty, or the default) and
+            the tools; none without one (Qwen3 writes "\\n\\n" there and starts the block with the tools when no
+            system message is given).
         system_in_user: the system block goes at the start of the first user message, inside ``user_format``
             (with ``trim``, the block and that message are stripped together, as the references do).
         trim: roles (``system``, ``user``, ``assistant``, ``observation``, ``function``) whose text is stripped of
@@ -112,6 +115,7 @@ class Template:
     tool_result_format: str = "{content}"
     tool_call_format: str = "{content}"
     tools_format: str = DEFAULT_TOOLS_FORMAT
+    system_tools_separator: str = ""
     system_in_user: bool = False
     trim: tuple[str, ...] = ()
     content_replacements: tuple[tuple[str, str], ...] = ()
@@ -199,6 +203,8 @@ class Template:
         header = self._fill(self.prefix, "", bos_token, eos_token)
         written = system is not None  # an explicit system prompt, even "", gets its block (as the references do)
         system = self._text(self.default_system if system is None else system, "system", replace=False)
+        if tools and (written or system):
+            system += self.system_tools_separator
         system += self._tools(tools)
         block = self._fill(self.system_format, system, bos_token, eos_token) if system or written else ""
         if self.system_in_user:
