@@ -118,8 +118,9 @@ def test_qwen3_random_dialogues_match_the_official_template():
 
 
 def test_qwen3_loss_mask_tokens(qwen_tokenizer):
-    """Through encode_supervised with the Qwen tokenizer (Qwen3 shares its vocabulary and control tokens): the
-    labelled ids decode to exactly the loss-bearing replies, and thinking off puts no loss on the empty block."""
+    """Through encode_supervised with the Qwen2.5 tokenizer (Qwen3's vocabulary is Qwen2.5's; Qwen3 adds <think> and
+    </think> as tokens, which this one splits, the same on both sides): the labelled ids decode to exactly the
+    loss-bearing replies, thinking off puts no loss on the empty block, and ids equal apply_chat_template's."""
     for enable_thinking, tail in ((True, "<think>\n(2 + 2) × 3\n</think>\n\n12.<|im_end|>"), (False, "12.<|im_end|>")):
         template = get_template("qwen3", enable_thinking=enable_thinking)
         ids, labels = encode_supervised(CONVERSATION, qwen_tokenizer, template, cutoff_len=4096)
@@ -223,18 +224,29 @@ def test_auto_picks_reasoning_families(tmp_path, qwen_tokenizer):
         assert detect_template_name(tokenizer) == family, model_type
 
 
-def test_enable_thinking_from_a_llamafactory_yaml_and_the_data_module(qwen_tokenizer):
+def test_enable_thinking_from_a_llamafactory_yaml_through_the_data_module(qwen_tokenizer, peer_data_dir):
+    """LLaMA-Factory's `enable_thinking` becomes data.enable_thinking; the data module's rows (cached per setting)
+    put the loss on the empty thought block when thinking, on the answer alone when not."""
     from lit_factory.compat.llamafactory import translate
     from lit_factory.data.datamodule import DataModule
 
-    config = {"model_name_or_path": "m", "stage": "sft", "dataset": "identity", "template": "qwen3",
+    config = {"model_name_or_path": "m", "stage": "sft", "dataset": "alpaca_en_demo", "template": "qwen3",
               "enable_thinking": False}
     data = translate(config).recipe["data"]["init_args"]
     assert data["template"] == "qwen3" and data["enable_thinking"] is False
     assert "enable_thinking" not in translate({**config, "enable_thinking": None}).recipe["data"]["init_args"]
-    module = DataModule(dataset="identity", tokenizer=qwen_tokenizer, template=data["template"],
-                                  enable_thinking=data["enable_thinking"])
-    assert module.template == get_template("qwen3", enable_thinking=False)
+    outputs = [row["output"] for row in json.loads((peer_data_dir / "alpaca_en_demo.json").read_text())[:4]]
+    for enable_thinking in (True, False):
+        module = DataModule("alpaca_en_demo", dataset_dir=str(peer_data_dir), tokenizer=qwen_tokenizer,
+                            template=data["template"], enable_thinking=enable_thinking, cutoff_len=4096,
+                            max_samples=4, shuffle=False)
+        module.setup("fit")
+        empty = "<think>\n\n</think>\n\n"
+        for row, output in zip(module.train_set, outputs):
+            labelled = qwen_tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX])
+            text = qwen_tokenizer.decode(row["input_ids"])
+            assert labelled == (empty if enable_thinking else "") + output + "<|im_end|>"
+            assert text.endswith("<|im_start|>assistant\n" + empty + output + "<|im_end|>\n")
 
 
 def test_docs_templates_table_is_current():
