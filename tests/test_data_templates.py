@@ -153,8 +153,10 @@ def test_shipped_templates():
 
 
 def test_template_errors_name_the_problem(tmp_path):
-    with pytest.raises(LitFactoryError, match="no template 'nope'.*qwen"):
+    with pytest.raises(LitFactoryError, match=r"no template 'nope'.*all 1\d\d are listed in docs/templates\.md"):
         get_template("nope")
+    with pytest.raises(LitFactoryError, match=r"no template 'qwen4'.*closest: qwen3?, qwen"):
+        get_template("qwen4")
     bad = tmp_path / "bad.yaml"
     bad.write_text("user_format: 'User: {content}'\nasistant_format: '{content}'\n")
     with pytest.raises(LitFactoryError, match=r"bad\.yaml: unknown field\(s\) \['asistant_format'\]"):

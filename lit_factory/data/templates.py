@@ -88,10 +88,18 @@ def _get_template(name: str, tokenizer: Any) -> AnyTemplate:
         path = TEMPLATES_DIR / f"{_aliases().get(name, name)}.yaml"
     if not path.is_file():
         raise LitFactoryError(
-            f"template: no template {name!r} (looked for {path}). Fix: use one of {available_templates()}, "
+            f"template: no template {name!r} (looked for {path}). Fix: use a shipped name (closest: "
+            f"{', '.join(_closest(name)) or 'none'}; all {len(available_templates())} are listed in docs/templates.md), "
             "'tokenizer', 'auto' or a path to a template YAML file."
         )
     return _load_template(str(path.resolve()))
+
+
+def _closest(name: str) -> list[str]:
+    """Shipped names that look like ``name`` (the full list of 130-odd names would not fit an error line)."""
+    import difflib
+
+    return difflib.get_close_matches(name, available_templates(), n=5, cutoff=0.5)
 
 
 def _tokenizer_model_type(tokenizer: Any) -> str | None:
