@@ -20,6 +20,44 @@ SHARED_REFERENCES = ["qwen", "chatml", "llama3", "llama2", "mistral", "gemma", "
 TOKEN_PARITY = {"qwen": "qwen2.5-instruct", "mistral": "mistral-7b-instruct-v0.1"}
 FIXTURE_REFERENCES = {"qwen3": "qwen3.jinja (Qwen3, official)", "gemma2": "gemma-2-it.jinja (Gemma 2, official)",
                       "phi4": "phi-4.jinja (Phi-4, official)"}
+LLAMAFACTORY_NAMES = ROOT / "tests" / "fixtures" / "chat_templates" / "llamafactory_template_names.txt"
+# LLaMA-Factory names whose text is not LLaMA-Factory's, and why. tests/test_data_template_reasoning.py renders every
+# LLaMA-Factory name both ways (its template.py's formats in tests/fixtures/chat_templates/) and asserts that exactly
+# these differ.
+_CHATML = "bos first, as the reference chatml template writes it (LLaMA-Factory: none)"
+_VICUNA = "the reference Vicuna template's newlines and bos (LLaMA-Factory: 'USER: ... ASSISTANT:' on one line)"
+_MISTRAL = ("Mistral v0.1's '[INST] ... [/INST]' with the system prompt before it, as its official template and "
+            "tokenizer (LLaMA-Factory writes v3's '[INST] ...[/INST]' with the system prompt inside)")
+_ROLE_ENDS = ("a reply ends where the next role token starts (LLaMA-Factory also appends the tokenizer's eos once, "
+              "at the end of the sequence)")
+_TURN_ENDS = ("the end-of-turn token ends each reply (LLaMA-Factory also appends the tokenizer's eos once, at the "
+              "end of the sequence)")
+_EOS_EACH = "every reply ends with eos, so the model learns to stop (LLaMA-Factory: one eos at the end of the sequence)"
+_EOS_FIRST = ("every reply ends with eos, before its trailing whitespace (LLaMA-Factory: one eos at the end of the "
+              "sequence, after it)")
+LF_DIFFERENCES = {
+    "alpaca": "the reference's system block and bos", "chatml": _CHATML, "chatml_de": _CHATML, "dbrx": _CHATML,
+    "opencoder": _CHATML, "cohere": "<|END_OF_TURN_TOKEN|> (Command-R's eos) ends a reply, as its template",
+    "deepseek": "a space after 'Assistant:', as the model's template",
+    "deepseekcoder": "a newline after the system prompt, as the model's template", "default": "bos first",
+    "falcon": "the reference falcon-instruct format", "llama2": "' reply </s>', as the official Llama 2 template",
+    "llama2_zh": "' reply </s>', as the official Llama 2 template", "mistral": _MISTRAL, "llava_next_mistral": _MISTRAL,
+    "llava_next_video_mistral": _MISTRAL, "openchat": "<|end_of_turn|>, as the official OpenChat 3.5 template",
+    "phi_small": "bos first, as the reference (LLaMA-Factory's prefix slot writes nothing)",
+    "solar": "bos and a blank line after each reply, as the reference", "vicuna": _VICUNA, "llava": _VICUNA,
+    "llava_next": _VICUNA, "llava_next_video": _VICUNA, "video_llava": _VICUNA,
+    "zephyr": "a newline after each </s>, as the official template",
+    **dict.fromkeys(["chatglm3", "glm4", "glm4_moe", "glm4v", "glm4_5v", "glm_ocr", "glm4_7", "glmz1", "aeva"],
+                    _ROLE_ENDS),
+    **dict.fromkeys(["gemma2", "dots_ocr"], _TURN_ENDS), **dict.fromkeys(["fewshot", "yi_vl"], _EOS_FIRST),
+    **dict.fromkeys(["bailing", "bailing_v2", "breeze", "hy_dense_1_8b", "hy_dense_7b", "index"], _EOS_EACH),
+}
+
+
+def llamafactory_text(name: str, lf_names: set[str]) -> str:
+    if name not in lf_names:
+        return ""
+    return f"differs: {LF_DIFFERENCES[name]}" if name in LF_DIFFERENCES else "same"
 
 
 def parity(name: str) -> str:
@@ -52,6 +90,7 @@ def render() -> str:
 
     from lit_factory.data.templates import TEMPLATES_DIR, available_templates, get_template
 
+    lf_names = set(LLAMAFACTORY_NAMES.read_text(encoding="utf-8").split())
     rows = []
     for name in available_templates():
         path = TEMPLATES_DIR / f"{name}.yaml"
@@ -64,7 +103,7 @@ def render() -> str:
             kind = f"extends `{base}`" if base else "file"
             source, check = reference(path).replace("|", "\\|"), parity(name)
         thinking = "yes" if template.thought_words else ""
-        rows.append(f"| `{name}` | {kind} | {thinking} | {source} | {check} |")
+        rows.append(f"| `{name}` | {kind} | {thinking} | {source} | {check} | {llamafactory_text(name, lf_names)} |")
     files = len(list(TEMPLATES_DIR.glob("*.yaml")))
     return "\n".join([
         "# Chat templates",
@@ -75,9 +114,12 @@ def render() -> str:
         "LLaMA-Factory registers (`src/llamafactory/data/template.py`) is among them, so an LLaMA-Factory YAML's",
         "`template:` keeps working; multimodal families get their text format (placeholders are the processor's).",
         "\"Thinking\" marks reasoning templates (`thought_words`; see `enable_thinking` in the data options).",
+        "\"LLaMA-Factory text\" compares a one- and a two-turn conversation with what LLaMA-Factory's template writes",
+        "(reasoning templates: one turn; LLaMA-Factory keeps every reply's thought, the official templates only the",
+        "latest's, as we do); where ours follows the model's official template instead, the reason is given.",
         "",
-        "| name | kind | thinking | format from | parity test |",
-        "| --- | --- | --- | --- | --- |",
+        "| name | kind | thinking | format from | parity test | LLaMA-Factory text |",
+        "| --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
     ])

@@ -191,6 +191,46 @@ def test_every_llamafactory_template_name_resolves():
         "[gMASK]<sop><|user|>\nHi<|assistant|></think>\nHello")
 
 
+def llamafactory_render(fmt: dict, messages: list[dict], system: str | None, bos: str, eos: str) -> str:
+    """What LLaMA-Factory's Template._encode writes (its formats in llamafactory_formats.json, from its template.py):
+    prefix, the system block (or the default) before the first user turn (inside it for Llama2Template), each
+    reply through format_assistant, a reasoning reply without a thought after the empty thought, and with
+    efficient_eos one eos at the end of the sequence."""
+    def fill(slot: str, content: str) -> str:
+        return slot.replace("{bos}", bos).replace("{eos}", eos).replace("{content}", content)
+
+    system = system or fmt["default_system"]
+    text = fill(fmt["prefix"], "")
+    for index, message in enumerate(messages):
+        if message["role"] == "user":
+            block = fill(fmt["system"], system) if index == 0 and system else ""
+            user = fill(fmt["user"], block + message["content"]) if fmt["system_in_user"] else block + fill(
+                fmt["user"], message["content"])
+            text += user
+        else:
+            text += (fmt["empty_thought"] if fmt["reasoning"] else "") + fill(fmt["assistant"], message["content"])
+    return text + (eos if fmt["efficient_eos"] else "")
+
+
+def test_text_equals_llamafactory_except_where_documented():
+    """Every LLaMA-Factory name writes LLaMA-Factory's text, but those docs/templates.md lists with a reason (they
+    follow the model's official template, or end replies differently)."""
+    script = docs_script()
+    formats = json.loads((FIXTURES / "llamafactory_formats.json").read_text(encoding="utf-8"))
+    one = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+    two = [*one, {"role": "user", "content": "And you?"}, {"role": "assistant", "content": "Fine, thanks."}]
+    differ = set()
+    for name, fmt in formats.items():
+        template = get_template(name)
+        for messages in [one] if fmt["reasoning"] else [one, two]:
+            for system in (None, "Be brief."):
+                ours = joined(template.render(messages, system, bos_token="<s>", eos_token="</s>"))
+                if ours != llamafactory_render(fmt, messages, system, "<s>", "</s>"):
+                    differ.add(name)
+    assert differ == set(script.LF_DIFFERENCES)
+    assert len(formats) - len(differ) >= 80
+
+
 def test_extends_and_aliases(tmp_path):
     qwen, vl = get_template("qwen"), get_template("qwen2_vl")
     assert vl.default_system == "You are a helpful assistant." and vl.tools_format == qwen.tools_format
@@ -249,14 +289,19 @@ def test_enable_thinking_from_a_llamafactory_yaml_through_the_data_module(qwen_t
             assert text.endswith("<|im_start|>assistant\n" + empty + output + "<|im_end|>\n")
 
 
-def test_docs_templates_table_is_current():
+def docs_script():
     import importlib.util
-
-    from test_data_template_families import REFERENCES
 
     spec = importlib.util.spec_from_file_location("make_templates_md", ROOT / "docs" / "make_templates_md.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_docs_templates_table_is_current():
+    from test_data_template_families import REFERENCES
+
+    script = docs_script()
     assert sorted(script.SHARED_REFERENCES) == sorted(REFERENCES)  # the table says what the tests check
     generated = subprocess.run([sys.executable, str(ROOT / "docs" / "make_templates_md.py"), "--stdout"],
                                capture_output=True, text=True, check=True).stdout

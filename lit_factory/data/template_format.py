@@ -234,12 +234,13 @@ class Template:
         answer = self._text(answer, "assistant")
         if not (latest or self.keep_thoughts):  # an earlier reply: the official templates drop its thought
             return "", self._fill(self.assistant_format, answer, bos_token, eos_token)
-        answer = answer.lstrip("\n")  # after a thought block the answer starts at once (Qwen3's template)
+        # The block comes before the reply's format, as LLaMA-Factory writes it (the same text whether it ends the
+        # prompt or opens the reply); after it the answer starts at once (Qwen3's template).
+        reply = self._fill(self.assistant_format, answer.lstrip("\n"), bos_token, eos_token)
         if not self.enable_thinking:
-            return self._empty_thought, self._fill(self.assistant_format, answer, bos_token, eos_token)
+            return self._empty_thought, reply
         opened, closed = self.thought_words
-        block = opened + thought + closed if thought else self._empty_thought
-        return "", self._fill(self.assistant_format, block + answer, bos_token, eos_token)
+        return "", (opened + thought + closed if thought else self._empty_thought) + reply
 
     @property
     def _empty_thought(self) -> str:
