@@ -42,7 +42,7 @@ class DataModule(pl.LightningDataModule):
             from the tokenizer; ``tokenizer`` uses the tokenizer's own jinja chat template. Unused by ``pretrain``.
         enable_thinking: (reasoning templates: qwen3, deepseekr1, ...) null keeps the template's own setting (they
             think); false drops the replies' thoughts and ends each prompt with the empty thought block, as
-            Qwen3's ``enable_thinking=False`` (see :mod:`lit_factory.data.templates`). Other templates ignore it.
+            Qwen3's ``enable_thinking=False`` (see :mod:`lit_factory.data.template_format`). Other templates ignore it.
         cutoff_len: most tokens per example (supervised, preference), exact tokens per block (pretrain), most
             tokens per packed row (packing).
         batch_size: training examples per batch (pairwise: pairs, so 2x rows).
