@@ -83,8 +83,9 @@ def test_qwen3_enable_thinking_false_moves_the_empty_block_into_the_prompt():
     assert get_template("qwen", enable_thinking=False) == get_template("qwen")
 
 
+PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+                                           "parameters": PARAMETERS}}]
 CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
 
 

@@ -89,8 +89,8 @@ def _get_template(name: str, tokenizer: Any) -> AnyTemplate:
     if not path.is_file():
         raise LitFactoryError(
             f"template: no template {name!r} (looked for {path}). Fix: use a shipped name (closest: "
-            f"{', '.join(_closest(name)) or 'none'}; all {len(available_templates())} are listed in docs/templates.md), "
-            "'tokenizer', 'auto' or a path to a template YAML file."
+            f"{', '.join(_closest(name)) or 'none'}; all {len(available_templates())} are listed in "
+            "docs/templates.md), 'tokenizer', 'auto' or a path to a template YAML file."
         )
     return _load_template(str(path.resolve()))
 
