@@ -135,7 +135,7 @@ def test_legacy_completions_continue_raw_text(api, reference) -> None:
 
 def test_fields_that_would_change_the_reply_are_400_naming_them(api) -> None:
     for field, value in (("seed", 1), ("logprobs", True), ("n", 2), ("frequency_penalty", 0.5),
-                         ("logit_bias", {"1": 5})):
+                         ("logit_bias", {"1": 5}), ("tool_choice", "required")):
         with pytest.raises(openai.BadRequestError) as raised:
             api.chat.completions.create(model=NAME, messages=QUESTION, extra_body={field: value})
         assert raised.value.body["param"] == field and raised.value.body["code"] == "unsupported_field"

@@ -21,11 +21,14 @@ _tables: dict[tuple[int, tuple[int, ...]], Any] = {}
 _tables_lock = threading.Lock()
 
 
-def _strict_json_safe(text: str) -> bool:
+def _usable_in_json(text: str) -> bool:
     # Raw control characters are invalid inside JSON strings, but lm-format-enforcer's free-text shortcut admits
     # tokens holding them unless they also hold a quote, backslash or newline (which it checks): leave them out.
     # Newlines and carriage returns stay: the shortcut rejects them inside strings, and outside they are whitespace.
-    return not any(ord(char) < 0x20 and char not in "\n\r" for char in text)
+    # A byte token that is part of a UTF-8 character decodes to U+FFFD alone; the enforcer reads the decoded reply,
+    # which then differs from the tokens' texts and loses its place (a string it takes for closed): leave them out
+    # too, so characters that only byte tokens spell cannot be written raw (a model may still escape them: \uXXXX).
+    return "\ufffd" not in text and not any(ord(char) < 0x20 and char not in "\n\r" for char in text)
 
 
 def _vocabulary_table(tokenizer: Any, eos_ids: list[int]) -> Any:
@@ -45,7 +48,7 @@ def _vocabulary_table(tokenizer: Any, eos_ids: list[int]) -> Any:
             if token in special:
                 continue
             after_zero = tokenizer.decode([zero, token])[1:]
-            if _strict_json_safe(after_zero):
+            if _usable_in_json(after_zero):
                 regular.append((token, after_zero, len(after_zero) > len(tokenizer.decode([token]))))
 
         def decode(ids: list[int]) -> str:
@@ -67,7 +70,8 @@ def json_constraint(tokenizer: Any, eos_ids: list[int], schema: Optional[dict[st
         parser = JsonSchemaParser(schema if schema is not None else JSON_OBJECT_SCHEMA)
     except Exception as err:  # the schema library's own errors, for a schema it cannot read
         raise LitFactoryError(f"response_format.json_schema.schema: not a schema this server can enforce ({err}). "
-                              "Fix: send a JSON schema of objects, arrays, strings, numbers, booleans, enums.") from None
+                              "Fix: send a JSON schema of objects, arrays, strings, numbers, booleans, enums."
+                              ) from None
     enforcer = TokenEnforcer(_vocabulary_table(tokenizer, eos_ids), parser)
 
     def allowed_tokens(batch_id: int, sequence: Any) -> list[int]:

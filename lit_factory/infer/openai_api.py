@@ -112,7 +112,7 @@ class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Union[Literal["none", "auto"], None] = None
+    tool_choice: Union[str, dict[str, Any], None] = None  # "auto" or "none"; others are refused (refused_field)
     response_format: Optional[ResponseFormat] = None
 
     def json_schema(self) -> Optional[dict[str, Any]]:
@@ -152,6 +152,8 @@ class CompletionRequest(GenerationRequest):
 
 def refused_field(request: GenerationRequest) -> Optional[str]:
     """The first field of ``request`` this server would have to ignore although it changes the reply, or None."""
+    if getattr(request, "tool_choice", None) not in (None, "auto", "none"):  # forcing a call is not implemented
+        return "tool_choice"
     for name, value in (request.model_extra or {}).items():
         if name in IGNORED_FIELDS:
             continue

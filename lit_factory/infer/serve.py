@@ -337,7 +337,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model-name", default=None, help="Model id clients send; defaults to --model.")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="Largest request body accepted.")
     parser.add_argument("--max-queued-requests", type=int, default=16,
-                        help="Completions in progress at once (they take turns token by token); more are answered 503 (server busy).")
+                        help="Completions in progress at once (they take turns token by token); more are answered "
+                        "503 (server busy).")
     parser.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                         help="Generation backend; vllm needs the vllm package and a GPU.")
     options = parser.parse_args(argv)
