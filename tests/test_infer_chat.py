@@ -115,7 +115,7 @@ def test_chat_in_a_terminal_edits_lines_and_keeps_history(saved_model: Path, tmp
     first = session(["Who are you?\r", up + "\r", "/exit\r"])
     assert first.count("Assistant: ") == 2  # the recalled line was sent again
     history = (tmp_path / "cache" / "lit-factory" / "chat_history").read_text().splitlines()
-    assert history[-3:] == ["Who are you?", "Who are you?", "/exit"]
+    assert history[-2:] == ["Who are you?", "/exit"]  # Python's readline keeps one of two equal lines in a row
     second = session([up + up + "\r", "/exit\r"])  # the saved history: two lines up is "Who are you?"
     assert second.count("Assistant: ") == 1
     engine = ChatEngine.load(ModelArgs(path=str(saved_model)), "chatml", GenerationArgs(5, temperature=0), "cpu")
