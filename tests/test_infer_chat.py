@@ -71,6 +71,7 @@ def test_chat_says_which_template_it_uses(saved_model: Path) -> None:
     assert named.stdout.splitlines()[0] == "Template: chatml"
 
 
+@pytest.mark.slow
 def test_chat_in_a_terminal_edits_lines_and_keeps_history(saved_model: Path, tmp_path: Path) -> None:
     """In a pseudo-terminal: the up arrow recalls the previous line (readline), the history is saved in the cache
     folder at exit and recalled by the next session."""

@@ -109,6 +109,7 @@ def test_chat_eval_export_and_serve_read_a_lora_runs_config(base: Path, lora_run
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_recipe_generation_settings_apply_and_the_command_line_wins(base: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "chat.yaml"
     recipe.write_text(yaml.safe_dump({
