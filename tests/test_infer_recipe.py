@@ -138,3 +138,13 @@ def test_top_level_help_promises_what_the_tools_take() -> None:
     shown = lit_factory("--help").stdout
     assert "chat, serve, eval and export take --config RECIPE" in shown
     assert "--config RECIPE" in lit_factory("chat", "--help").stdout
+
+
+def test_llamafactory_inference_yaml_is_read_through_its_translation() -> None:
+    from lit_factory.infer.recipe_options import with_recipe_options
+
+    lf = "tests/fixtures/llamafactory/inference/qwen3_lora_sft.yaml"
+    args = with_recipe_options("serve", ["--config", lf, "--template", "chatml"])
+    assert args[:4] == ["--model", "Qwen/Qwen3-4B-Instruct-2507", "--adapter", "saves/qwen3-4b/lora/sft"]
+    # Ours come last, so they win over the file's (argparse keeps the last value of an option).
+    assert args[-2:] == ["--template", "chatml"] and "--backend" in args
