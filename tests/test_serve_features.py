@@ -1,5 +1,6 @@
 """`lit-factory serve`: `stream_options.include_usage`, `response_format` (JSON constrained decoding), the legacy
-`/v1/completions` endpoint, and 400 for fields that would change the reply but are not implemented. Live server on
+`/v1/completions` endpoint, 400 for fields that would change the reply but are not implemented, and a short request
+answered during a long stream (fair scheduling). Live server on
 loopback, driven by the official `openai` client; references are plain transformers `generate` and `json`."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +22,7 @@ from tiny_models import save_peaked_chat_model  # noqa: E402
 
 KEY, NAME = "test-key", "tiny"
 QUESTION = [{"role": "user", "content": "Who are you?"}]
+OTHER = [{"role": "user", "content": "Where do you live?"}]
 PROMPT = "The capital of France is"
 
 
@@ -149,3 +152,35 @@ def test_fields_that_would_change_the_reply_are_400_naming_them(api) -> None:
     neutral = api.chat.completions.create(model=NAME, messages=QUESTION, frequency_penalty=0, presence_penalty=0,
                                           n=1, user="someone", logprobs=False, metadata={"k": "v"}, store=False)
     assert neutral.choices[0].message.content == plain
+
+
+def test_a_short_request_finishes_during_a_long_stream(api, saved_model: Path) -> None:
+    """Fair scheduling on the server (the step-level check is in tests/test_serve_fairness.py)."""
+    from lit_factory.infer.engine import ChatEngine, GenerationArgs
+    from lit_factory.model.builder import ModelArgs
+
+    long_tokens, short_tokens = 480, 8  # long enough that an HTTP round trip is a small part of it
+    events: list[str] = []
+    first_piece = threading.Event()
+    long_usage = []
+
+    def long_stream() -> None:
+        for chunk in api.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=long_tokens, stream=True,
+                                                 stream_options={"include_usage": True}):
+            if chunk.choices and chunk.choices[0].delta.content:
+                first_piece.set()
+            if chunk.usage is not None:
+                long_usage.append(chunk.usage.completion_tokens)
+        events.append("long done")
+
+    long = threading.Thread(target=long_stream)
+    long.start()
+    assert first_piece.wait(timeout=120)
+    short = api.chat.completions.create(model=NAME, messages=OTHER, max_tokens=short_tokens)
+    events.append("short done")
+    long.join(timeout=300)
+    assert events == ["short done", "long done"]
+    assert long_usage == [long_tokens]  # the long reply ran to max_tokens: it was in progress all along
+    assert short.usage.completion_tokens == short_tokens
+    engine = ChatEngine.load(ModelArgs(path=str(saved_model)), "chatml", GenerationArgs(temperature=0), "cpu")
+    assert short.choices[0].message.content == engine.chat(OTHER, max_new_tokens=short_tokens).text

@@ -12,12 +12,14 @@ moved), so the vocabulary table it needs is built here from the tokenizer, as th
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 from lit_factory.errors import LitFactoryError
 
 JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
-_tables: dict[tuple[int, tuple[int, ...]], Any] = {}
+# tokenizer -> {eos ids: table}; weak, so a dropped engine's tokenizer takes its table with it.
+_tables: "weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]]" = weakref.WeakKeyDictionary()
 _tables_lock = threading.Lock()
 
 
@@ -36,10 +38,11 @@ def _vocabulary_table(tokenizer: Any, eos_ids: list[int]) -> Any:
     over the vocabulary, seconds for a 150k-token one)."""
     from lmformatenforcer.tokenenforcer import TokenEnforcerTokenizerData
 
-    key = (id(tokenizer), tuple(eos_ids))
+    key = tuple(eos_ids)
     with _tables_lock:
-        if key in _tables:
-            return _tables[key]
+        known = _tables.setdefault(tokenizer, {})
+        if key in known:
+            return known[key]
         special = set(tokenizer.all_special_ids)
         # Decoding after "0" keeps a word-start token's leading space that decoding it alone drops.
         zero = tokenizer.encode("0", add_special_tokens=False)[-1]
@@ -54,8 +57,8 @@ def _vocabulary_table(tokenizer: Any, eos_ids: list[int]) -> Any:
         def decode(ids: list[int]) -> str:
             return tokenizer.decode(ids).rstrip("\ufffd")  # an unfinished multi-byte character is not text yet
 
-        _tables[key] = TokenEnforcerTokenizerData(regular, decode, list(eos_ids), False, len(tokenizer))
-        return _tables[key]
+        known[key] = TokenEnforcerTokenizerData(regular, decode, list(eos_ids), False, len(tokenizer))
+        return known[key]
 
 
 def json_constraint(tokenizer: Any, eos_ids: list[int], schema: Optional[dict[str, Any]]) -> Callable[[int, Any],
