@@ -45,9 +45,15 @@ subcommands:
 LLaMA-Factory YAMLs run unchanged: lit-factory train LF.yaml (or fit --config LF.yaml); its verbs webui, api, chat,
 export, env and version work too.
 
-Each subcommand takes LightningCLI options: --config (repeatable), dotted overrides such as
+fit, validate, test and predict take LightningCLI options: --config (repeatable), dotted overrides such as
 --trainer.max_steps 5, --print_config. `lit-factory fit --help` lists every option of a recipe.
+chat, serve, eval and export take --config RECIPE too (a recipe, or the config.yaml a run saved beside its model):
+the model, adapter, template and generation settings come from it; options on the command line win.
+`lit-factory SUBCOMMAND --help` lists a subcommand's own options.
 """
+
+# Tool subcommands whose model options may come from a recipe (`--config`, see lit_factory.infer.recipe_options).
+RECIPE_TOOL_SUBCOMMANDS = ("chat", "serve", "eval", "export")
 
 
 def fail(message: str) -> int:
@@ -159,6 +165,10 @@ def run_tool_subcommand(name: str, args: list[str]) -> int:
     target, _ = TOOL_SUBCOMMANDS[name]
     module, function = target.split(":")
     try:
+        if name in RECIPE_TOOL_SUBCOMMANDS:
+            from lit_factory.infer.recipe_options import with_recipe_options
+
+            args = with_recipe_options(name, args)
         return int(getattr(import_module(module), function)(args) or 0)
     except LitFactoryError as err:
         return fail(str(err))

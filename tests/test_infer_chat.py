@@ -57,3 +57,67 @@ def test_chat_bad_option_is_one_line(saved_model: Path) -> None:
     result = run_chat(saved_model, [], "--temperature", "-1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("lit-factory: error: generation.temperature=-1")
+
+
+def test_chat_says_which_template_it_uses(saved_model: Path) -> None:
+    from lit_factory.data.templates import detect_template_name
+    from lit_factory.model.builder import build_tokenizer
+
+    detected = detect_template_name(build_tokenizer(ModelArgs(path=str(saved_model))))
+    chosen = run_chat(saved_model, ["/exit"], "--template", "auto")  # the later --template wins
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.splitlines()[0] == f"Template: {detected} (chosen by --template auto from the tokenizer)"
+    named = run_chat(saved_model, ["/exit"])
+    assert named.stdout.splitlines()[0] == "Template: chatml"
+
+
+@pytest.mark.slow
+def test_chat_in_a_terminal_edits_lines_and_keeps_history(saved_model: Path, tmp_path: Path) -> None:
+    """In a pseudo-terminal: the up arrow recalls the previous line (readline), the history is saved in the cache
+    folder at exit and recalled by the next session."""
+    import os
+    import pty
+    import select
+    import time
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "TERM": "xterm"}
+    up = "\x1b[A"
+
+    def session(keys: list[str]) -> str:
+        """Type each of ``keys`` once the chat is waiting for a line; the whole terminal output."""
+        controller, terminal = pty.openpty()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lit_factory", "chat", "--model", str(saved_model), "--template", "chatml",
+             "--temperature", "0", "--max_new_tokens", "5"],
+            stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True)
+        os.close(terminal)
+        output, pending, deadline = b"", list(keys), time.monotonic() + 240
+        prompts_seen = 0
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(controller, 4096)
+                except OSError:  # the chat exited and closed the terminal
+                    break
+                if not data:
+                    break
+                output += data
+            if pending and output.count(b"User: ") > prompts_seen:
+                prompts_seen = output.count(b"User: ")
+                os.write(controller, pending.pop(0).encode())
+            if process.poll() is not None and not ready:
+                break
+        process.wait(timeout=30)
+        os.close(controller)
+        assert process.returncode == 0, output.decode(errors="replace")
+        return output.decode(errors="replace")
+
+    first = session(["Who are you?\r", up + "\r", "/exit\r"])
+    assert first.count("Assistant: ") == 2  # the recalled line was sent again
+    history = (tmp_path / "cache" / "lit-factory" / "chat_history").read_text().splitlines()
+    assert history[-2:] == ["Who are you?", "/exit"]  # Python's readline keeps one of two equal lines in a row
+    second = session([up + up + "\r", "/exit\r"])  # the saved history: two lines up is "Who are you?"
+    assert second.count("Assistant: ") == 1
+    engine = ChatEngine.load(ModelArgs(path=str(saved_model)), "chatml", GenerationArgs(5, temperature=0), "cpu")
+    assert engine.chat([{"role": "user", "content": "Who are you?"}]).text in second

@@ -118,13 +118,15 @@ def generate_batch(
     attention_mask: "torch.Tensor",
     generation: GenerationArgs,
     stop_words: tuple[str, ...] = (),
+    **generate_extra: Any,
 ) -> list[Reply]:
-    """Generate for a batch of LEFT-padded prompts; one :class:`Reply` per row."""
+    """Generate for a batch of LEFT-padded prompts; one :class:`Reply` per row. ``generate_extra`` goes to
+    ``model.generate`` (e.g. ``stopping_criteria``, ``prefix_allowed_tokens_fn``)."""
     import torch
 
     kwargs = generation.generate_kwargs(tokenizer, stop_words)
     with torch.inference_mode():
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **generate_extra)
     new_tokens = output[:, input_ids.shape[1]:]
     eos_ids = set(kwargs["eos_token_id"])
     replies = []
@@ -165,12 +167,14 @@ class ChatEngine:
     """
 
     def __init__(self, model: Any, tokenizer: Any, template: "Template", generation: GenerationArgs) -> None:
+        from lit_factory.infer.scheduling import TokenTurns
+
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
         self.generation = generation
-        # One generate() at a time: the server calls from several threads, and a model is not re-entrant on GPU.
-        self.lock = threading.Lock()
+        # Callers in several threads (the server) take turns at every generated token (see infer.scheduling).
+        self.turns = TokenTurns()
 
     @classmethod
     def load(
@@ -194,6 +198,11 @@ class ChatEngine:
     def stop_words(self) -> tuple[str, ...]:
         return tuple(self.template.stop_words)
 
+    @property
+    def template_name(self) -> str:
+        """The template's registry name (``tokenizer`` for the tokenizer's own jinja template)."""
+        return getattr(self.template, "name", None) or "tokenizer"
+
     def encode(self, messages: list["Message"], system: Optional[str] = None, tools: str = "") -> list[int]:
         """Token ids of the generation prompt for ``messages`` (ending with a user or observation message);
         ``tools`` is a JSON list of tool definitions, written where the template puts them."""
@@ -204,47 +213,75 @@ class ChatEngine:
         prompt = self.template.render_prompt(messages, system, bos_token, eos_token, **extra)
         return self.tokenizer.encode(prompt, add_special_tokens=False)
 
-    def _inputs(self, messages: list["Message"], system: Optional[str], tools: str) -> dict[str, "torch.Tensor"]:
-        import torch
-
-        ids = torch.tensor([self.encode(messages, system, tools)], device=self.model.device)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    def encode_text(self, prompt: str) -> list[int]:
+        """Token ids of a raw text prompt (no chat template; the tokenizer's own bos, as for a base model)."""
+        return self.tokenizer.encode(prompt, add_special_tokens=True)
 
     def chat(
         self, messages: list["Message"], system: Optional[str] = None, stop: tuple[str, ...] = (), tools: str = "",
-        **overrides: Any,
+        json_schema: Optional[dict[str, Any]] = None, **overrides: Any,
     ) -> Reply:
         """The whole reply to ``messages``. ``stop`` adds stop words to the template's, ``tools`` (JSON) offers
-        tools, ``overrides`` change fields of the generation settings for this call."""
-        inputs = self._inputs(messages, system, tools)
-        with self.lock:
-            return generate_batch(
-                self.model, self.tokenizer, inputs["input_ids"], inputs["attention_mask"],
-                self.generation.updated(**overrides), self.stop_words + tuple(stop),
-            )[0]
+        tools, ``json_schema`` constrains the reply to JSON matching it (see ``infer.json_mode``), ``overrides``
+        change fields of the generation settings for this call."""
+        return self.complete_ids(self.encode(messages, system, tools), self.stop_words + tuple(stop), json_schema,
+                                 **overrides)
 
     def stream(
         self, messages: list["Message"], system: Optional[str] = None, stop: tuple[str, ...] = (), tools: str = "",
+        json_schema: Optional[dict[str, Any]] = None, **overrides: Any,
+    ) -> StreamedReply:
+        """The reply to ``messages`` as it is generated; arguments as for :meth:`chat`."""
+        return self.stream_ids(self.encode(messages, system, tools), self.stop_words + tuple(stop), json_schema,
+                               **overrides)
+
+    def _generate_extra(self, stop_words: tuple[str, ...], json_schema: Optional[dict[str, Any]]) -> dict[str, Any]:
+        from lit_factory.infer.scheduling import pass_turn_criteria
+
+        extra: dict[str, Any] = {"stopping_criteria": [pass_turn_criteria(self.turns)]}
+        if json_schema is not None:
+            from lit_factory.infer.json_mode import json_constraint
+
+            eos_ids, _ = stop_token_ids(self.tokenizer, stop_words)
+            extra["prefix_allowed_tokens_fn"] = json_constraint(self.tokenizer, eos_ids, json_schema)
+        return extra
+
+    def complete_ids(
+        self, prompt_ids: list[int], stop_words: tuple[str, ...] = (), json_schema: Optional[dict[str, Any]] = None,
+        **overrides: Any,
+    ) -> Reply:
+        """The whole continuation of ``prompt_ids``, cut at ``stop_words`` (besides the eos token)."""
+        import torch
+
+        ids = torch.tensor([prompt_ids], device=self.model.device)
+        extra = self._generate_extra(stop_words, json_schema)
+        with self.turns.turn():
+            return generate_batch(self.model, self.tokenizer, ids, torch.ones_like(ids),
+                                  self.generation.updated(**overrides), stop_words, **extra)[0]
+
+    def stream_ids(
+        self, prompt_ids: list[int], stop_words: tuple[str, ...] = (), json_schema: Optional[dict[str, Any]] = None,
         **overrides: Any,
     ) -> StreamedReply:
-        """The reply to ``messages`` as it is generated (transformers' ``TextIteratorStreamer`` in a thread)."""
+        """The continuation of ``prompt_ids`` as it is generated (transformers' ``TextIteratorStreamer`` in a
+        thread)."""
+        import torch
         from transformers import TextIteratorStreamer
 
-        inputs = self._inputs(messages, system, tools)
+        ids = torch.tensor([prompt_ids], device=self.model.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         generation = self.generation.updated(**overrides)
-        stop_words = self.stop_words + tuple(stop)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        reply = StreamedReply(iter(()), int(inputs["input_ids"].shape[1]))
+        reply = StreamedReply(iter(()), len(prompt_ids))
         kwargs = generation.generate_kwargs(self.tokenizer, stop_words)
+        extra = self._generate_extra(stop_words, json_schema)
         failure: list[BaseException] = []
 
         def run() -> None:
-            import torch
-
             try:
-                with self.lock, torch.inference_mode():
-                    output = self.model.generate(**inputs, streamer=streamer, **kwargs)
-                new_tokens = output[0, inputs["input_ids"].shape[1]:].tolist()
+                with self.turns.turn(), torch.inference_mode():
+                    output = self.model.generate(**inputs, streamer=streamer, **kwargs, **extra)
+                new_tokens = output[0, len(prompt_ids):].tolist()
                 reply.completion_tokens = len(new_tokens)
                 if not (new_tokens and new_tokens[-1] in kwargs["eos_token_id"]):
                     reply.finish_reason = "length"

@@ -13,6 +13,11 @@ from jsonargparse import ArgumentParser, Namespace
 from lit_factory.infer.engine import GenerationArgs
 
 
+RECIPE_HELP = ("--config RECIPE: take --model, --adapter, --tokenizer, --template, --dtype and the generation settings "
+               "from a recipe, or from the config.yaml a run saved beside its model (runs/NAME/version_N/config.yaml); "
+               "options given on the command line win.")
+
+
 class ToolParser(ArgumentParser):
     """jsonargparse parser whose errors are one line and status 2."""
 
@@ -26,7 +31,7 @@ class ToolParser(ArgumentParser):
 
 def model_parser(prog: str, description: str, generation: bool = True) -> ToolParser:
     """A parser with the model options (and the generation options when ``generation``)."""
-    parser = ToolParser(prog=prog, description=description)
+    parser = ToolParser(prog=prog, description=description, epilog=RECIPE_HELP)
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, help="Model folder or hub id (a merged or full fine-tuned model, or "
                        "the base model of --adapter).")

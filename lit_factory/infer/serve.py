@@ -2,18 +2,27 @@
 
     lit-factory serve --model Qwen/Qwen2.5-0.5B-Instruct --adapter runs/sft-lora/version_0 --api-key SECRET
 
-Endpoints: ``GET /v1/models`` and ``POST /v1/chat/completions`` (``stream: true`` answers with server-sent events,
-ending with ``data: [DONE]``), so the official ``openai`` client works with ``base_url="http://127.0.0.1:8000/v1"``.
-With ``tools`` in the request, the definitions go into the prompt through the template's tool format and a reply
-written in the template's tool-call format comes back as ``tool_calls`` (finish reason ``tool_calls``); streamed,
-such a reply arrives as one delta once complete. Conversation history may carry assistant ``tool_calls`` and
-``tool`` results, rendered as the template's function and observation turns.
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` (legacy text
+completion: the prompt continued as raw text, no chat template; ``max_tokens`` defaults to 16 as OpenAI's; ``echo``
+supported). ``stream: true`` answers with server-sent events ending with ``data: [DONE]``; with
+``stream_options: {"include_usage": true}`` the last chunk before it carries the ``usage`` block and no choices, as
+OpenAI sends it. So the official ``openai`` client works with ``base_url="http://127.0.0.1:8000/v1"``.
+``response_format`` ``json_object`` or ``json_schema`` constrains decoding (lm-format-enforcer, see
+``infer.json_mode``): a reply that ends by itself is JSON matching the schema; one cut by ``max_tokens`` (finish
+reason ``length``) may be incomplete. With ``tools`` in the request, the definitions go into the prompt through the
+template's tool format and a reply written in the template's tool-call format comes back as ``tool_calls`` (finish
+reason ``tool_calls``); streamed, such a reply arrives as one delta once complete (``tool_choice`` ``none`` offers no
+tools). Conversation history may carry assistant ``tool_calls`` and ``tool`` results, rendered as the template's
+function and observation turns.
 Bad requests get OpenAI-shaped error bodies: 400 (not JSON, JSON nested too deep, a conversation the template cannot
-render, or a prompt longer than the model's context: code ``context_length_exceeded``), 401 (missing/wrong API key),
-404 (other model name), 413 (body over ``--max-request-bytes``, counted while reading, so chunked bodies too), 422
-(fields of the wrong type or out of range), 503 (``--max-queued-requests`` requests already waiting or running); the
-server keeps serving. ``max_tokens`` is capped to what fits in the context after the prompt, so one request's
-generation time is bounded; requests run one at a time in arrival order. Needs the ``serve`` extra: ``pip install -e ".[serve]"``.
+render, a prompt longer than the model's context: code ``context_length_exceeded``, or a field this server does not
+implement and that would change the reply, e.g. ``logprobs``, ``seed``, ``n`` > 1: code ``unsupported_field``,
+``param`` naming it), 401 (missing/wrong API key), 404 (other model name), 413 (body over ``--max-request-bytes``,
+counted while reading, so chunked bodies too), 422 (fields of the wrong type or out of range), 503
+(``--max-queued-requests`` requests already in progress); the server keeps serving. ``max_tokens`` is capped to what
+fits in the context after the prompt. Requests in progress take turns at every generated token
+(``infer.scheduling``), so a short request is not held behind a long one. Needs the ``serve`` extra:
+``pip install -e ".[serve]"``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations (Request) at run time.
@@ -25,11 +34,13 @@ import socket
 import sys
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.infer.openai_api import (ChatCompletionRequest, CompletionRequest, GenerationRequest, conversation,
+                                          refused_field)
 from lit_factory.infer.tool_calls import parse_tool_calls, text_besides_tool_calls
 
 if TYPE_CHECKING:
@@ -38,102 +49,10 @@ if TYPE_CHECKING:
     from lit_factory.infer.engine import ChatEngine
 
 
-class TextPart(BaseModel):
-    """One part of a message's content list (only text parts: the models served here read text)."""
-
-    type: Literal["text"]
-    text: str
-
-
-class FunctionCall(BaseModel):
-    """The function of a tool call: its name and arguments (a JSON string)."""
-
-    name: str
-    arguments: str = "{}"
-
-
-class ToolCall(BaseModel):
-    """A tool call an assistant message made earlier in the conversation."""
-
-    id: str = ""
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class ChatMessage(BaseModel):
-    """A message of the request."""
-
-    role: Literal["system", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
-    tool_calls: Optional[list[ToolCall]] = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-class ChatCompletionRequest(BaseModel):
-    """The fields of OpenAI's chat completion request that this server reads; other fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    stop: Union[str, list[str], None] = None
-    n: int = Field(1, ge=1, le=1)
-    tools: Optional[list[dict[str, Any]]] = None
-
-
-def _error(status: int, message: str, kind: str, code: Optional[str] = None) -> Any:
+def _error(status: int, message: str, kind: str, code: Optional[str] = None, param: Optional[str] = None) -> Any:
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status)
-
-
-def conversation(request: ChatCompletionRequest) -> tuple[list[dict[str, str]], Optional[str]]:
-    """The request's messages as template messages plus the system prompt (leading system messages joined).
-
-    OpenAI's assistant ``tool_calls`` become a ``function`` message (with the assistant's text, if any) and
-    consecutive ``tool`` results one ``observation`` message that keeps each result apart (see
-    :mod:`lit_factory.data.tool_messages`), the roles our templates render. An empty system message is a system
-    prompt of its own (as ``apply_chat_template`` renders it); no system message means the template's default.
-    """
-    from lit_factory.data.tool_messages import function_content, observation_content
-
-    system_parts = []
-    messages = list(request.messages)
-    while messages and messages[0].role == "system":
-        system_parts.append(messages.pop(0).text())
-    converted: list[dict[str, str]] = []
-    results: list[str] = []
-    for message in messages:
-        if message.role == "tool":
-            results.append(message.text())
-            continue
-        if results:
-            converted.append({"role": "observation", "content": observation_content(results)})
-            results = []
-        if message.role == "assistant" and message.tool_calls:
-            calls = []
-            for call in message.tool_calls:
-                try:
-                    arguments = json.loads(call.function.arguments or "{}")
-                except json.JSONDecodeError:
-                    raise LitFactoryError(f"messages: tool call {call.function.name!r} has arguments that are not "
-                                          "JSON. Fix: send the arguments as a JSON string.") from None
-                calls.append({"name": call.function.name, "arguments": arguments})
-            converted.append({"role": "function", "content": function_content(calls, message.text())})
-        else:
-            converted.append({"role": message.role, "content": message.text()})
-    if results:
-        converted.append({"role": "observation", "content": observation_content(results)})
-    return converted, ("\n".join(system_parts) if system_parts else None)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
 
 
 def context_length(engine: Any) -> Optional[int]:
@@ -172,8 +91,8 @@ def create_app(
         model_name: the id listed by ``/v1/models``; requests naming another model get 404.
         api_key: when set, requests must carry ``Authorization: Bearer <api_key>`` (else 401).
         max_request_bytes: larger request bodies are refused with 413 before they are read whole.
-        max_queued_requests: completions waiting or running at once; more get 503 (generation is one at a time, so
-            an unbounded queue would let one client's burst hold every other client).
+        max_queued_requests: completions in progress at once (they take turns token by token); more get 503, so
+            a burst cannot make every reply slow without bound.
     """
     from fastapi import FastAPI, Request
     from sse_starlette import EventSourceResponse
@@ -200,32 +119,32 @@ def create_app(
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
                                             "owned_by": "lit-factory"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
+    async def admit(request: Request, kind: type[GenerationRequest], answer: Any) -> Any:
+        """Hold a queue slot while ``answer`` runs on the parsed request (a stream: until its last event)."""
         if admitted[0] >= max_queued_requests:
-            return _error(503, f"Server busy: {max_queued_requests} requests are already waiting or running; retry "
+            return _error(503, f"Server busy: {max_queued_requests} requests are already in progress; retry "
                           "later.", "server_error", "server_busy")
         admitted[0] += 1
         try:
-            response = await _chat_completion(request)
+            parsed = await _parse(request, kind)
+            response = parsed if not isinstance(parsed, GenerationRequest) else await answer(parsed)
         except BaseException:
             admitted[0] -= 1
             raise
-        if hasattr(response, "body_iterator"):  # a stream is admitted until its last event is sent
+        if hasattr(response, "body_iterator"):
             response.background = _Release(admitted, getattr(response, "background", None))
         else:
             admitted[0] -= 1
         return response
 
-    async def _chat_completion(request: Request) -> Any:
+    async def _parse(request: Request, kind: type[GenerationRequest]) -> Any:
+        """The validated request, or the error response to send."""
         try:
             body = await _read_body(request, max_request_bytes)
         except _BodyTooLarge:
             return _error(413, f"Request body over {max_request_bytes} bytes.", "invalid_request_error")
         try:
-            payload = json.loads(body)
-            completion = ChatCompletionRequest.model_validate(payload)
-            tools = json.dumps(completion.tools, ensure_ascii=False) if completion.tools else ""
+            parsed = kind.model_validate(json.loads(body))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             return _error(400, f"Request body is not valid JSON: {err}", "invalid_request_error")
         except RecursionError:
@@ -233,22 +152,52 @@ def create_app(
         except ValidationError as err:
             details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             return _error(422, f"Invalid request: {details}", "invalid_request_error")
-        if completion.model != model_name:
-            return _error(404, f"Model {completion.model!r} is not served here; use {model_name!r}.",
+        if parsed.model != model_name:
+            return _error(404, f"Model {parsed.model!r} is not served here; use {model_name!r}.",
                           "invalid_request_error", "model_not_found")
+        refused = refused_field(parsed)
+        if refused is not None:
+            return _error(400, f"{refused}: not supported by this server, and ignoring it would change the reply. "
+                          f"Fix: leave {refused} out of the request.", "invalid_request_error", "unsupported_field",
+                          refused)
+        return parsed
+
+    def budget(prompt_tokens: int, requested: Optional[int]) -> Any:
+        """The max_new_tokens for this request (capped to the context), or the 400 to send."""
+        max_new_tokens = requested or engine.generation.max_new_tokens
+        if positions is not None:
+            if prompt_tokens >= positions:
+                return _error(400, f"This model's context is {positions} tokens; the prompt has {prompt_tokens}. "
+                              "Shorten the prompt.", "invalid_request_error", "context_length_exceeded")
+            max_new_tokens = min(max_new_tokens, positions - prompt_tokens)
+        return max_new_tokens
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await admit(request, ChatCompletionRequest, _chat_completion)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await admit(request, CompletionRequest, _text_completion)
+
+    async def _chat_completion(completion: ChatCompletionRequest) -> Any:
         try:
+            tools = completion.offered_tools()
+            schema = completion.json_schema()
             messages, system = conversation(completion)
             prompt_tokens = len(engine.encode(messages, system, tools))  # template errors are the client's: 400
         except LitFactoryError as err:
             return _error(400, str(err), "invalid_request_error")
-        max_new_tokens = completion.max_completion_tokens or completion.max_tokens or engine.generation.max_new_tokens
-        if positions is not None:
-            if prompt_tokens >= positions:
-                return _error(400, f"This model's context is {positions} tokens; the prompt has {prompt_tokens}. "
-                              "Shorten the messages.", "invalid_request_error", "context_length_exceeded")
-            max_new_tokens = min(max_new_tokens, positions - prompt_tokens)
-        stop = (completion.stop,) if isinstance(completion.stop, str) else tuple(completion.stop or ())
-        overrides = {"temperature": completion.temperature, "top_p": completion.top_p, "max_new_tokens": max_new_tokens}
+        max_new_tokens = budget(prompt_tokens, completion.max_completion_tokens or completion.max_tokens)
+        if not isinstance(max_new_tokens, int):
+            return max_new_tokens
+        overrides = {"temperature": completion.temperature, "top_p": completion.top_p,
+                     "max_new_tokens": max_new_tokens, "json_schema": schema}
+        stop = completion.stop_words
         reply_id = f"chatcmpl-{uuid.uuid4().hex}"
 
         def message_and_finish(text: str, finish_reason: str) -> tuple[dict[str, Any], str]:
@@ -260,23 +209,27 @@ def create_app(
             content = text_besides_tool_calls(engine.template, text) or None
             return {"role": "assistant", "content": content, "tool_calls": tool_calls}, "tool_calls"
 
-        if not completion.stream:
-            reply = await run_in_threadpool(engine.chat, messages, system, stop, tools, **overrides)
-            message, finish_reason = message_and_finish(reply.text, reply.finish_reason)
-            return {
-                "id": reply_id, "object": "chat.completion", "created": int(time.time()), "model": model_name,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-                "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                          "total_tokens": reply.prompt_tokens + reply.completion_tokens},
-            }
+        try:
+            if not completion.stream:
+                reply = await run_in_threadpool(engine.chat, messages, system, stop, tools, **overrides)
+                message, finish_reason = message_and_finish(reply.text, reply.finish_reason)
+                return {
+                    "id": reply_id, "object": "chat.completion", "created": int(time.time()), "model": model_name,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+                    "usage": usage(reply.prompt_tokens, reply.completion_tokens),
+                }
+            streamed = engine.stream(messages, system, stop, tools, **overrides)
+        except LitFactoryError as err:  # e.g. a JSON schema the constraint library cannot enforce
+            return _error(400, str(err), "invalid_request_error")
 
-        streamed = engine.stream(messages, system, stop, tools, **overrides)
-
-        def chunk(delta: dict[str, Any], finish_reason: Optional[str] = None) -> str:
-            return json.dumps({
-                "id": reply_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-            })
+        def chunk(delta: Optional[dict[str, Any]], finish_reason: Optional[str] = None,
+                  counts: Optional[dict[str, int]] = None) -> str:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+            body = {"id": reply_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": model_name, "choices": choices}
+            if completion.include_usage:  # null on every chunk but the last, as OpenAI sends it
+                body["usage"] = counts
+            return json.dumps(body)
 
         async def events() -> Any:
             yield {"data": chunk({"role": "assistant", "content": ""})}
@@ -291,6 +244,47 @@ def create_app(
                 async for piece in iterate_in_threadpool(iter(streamed)):
                     yield {"data": chunk({"content": piece})}
                 yield {"data": chunk({}, streamed.finish_reason)}
+            if completion.include_usage:
+                yield {"data": chunk(None, counts=usage(streamed.prompt_tokens, streamed.completion_tokens))}
+            yield {"data": "[DONE]"}
+
+        return EventSourceResponse(events())
+
+    async def _text_completion(completion: CompletionRequest) -> Any:
+        try:
+            prompt = completion.prompt_text()
+        except LitFactoryError as err:
+            return _error(400, str(err), "invalid_request_error", param="prompt")
+        prompt_ids = engine.encode_text(prompt)
+        max_new_tokens = budget(len(prompt_ids), completion.max_tokens)
+        if not isinstance(max_new_tokens, int):
+            return max_new_tokens
+        overrides = {"temperature": completion.temperature, "top_p": completion.top_p,
+                     "max_new_tokens": max_new_tokens}
+        echoed = prompt if completion.echo else ""
+        reply_id = f"cmpl-{uuid.uuid4().hex}"
+
+        def body(choices: list[dict[str, Any]], counts: Optional[dict[str, int]]) -> dict[str, Any]:
+            return {"id": reply_id, "object": "text_completion", "created": int(time.time()), "model": model_name,
+                    "choices": choices, "usage": counts}
+
+        def choice(text: str, finish_reason: Optional[str]) -> dict[str, Any]:
+            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+        if not completion.stream:
+            reply = await run_in_threadpool(engine.complete_ids, prompt_ids, completion.stop_words, **overrides)
+            return body([choice(echoed + reply.text, reply.finish_reason)],
+                        usage(reply.prompt_tokens, reply.completion_tokens))
+        streamed = engine.stream_ids(prompt_ids, completion.stop_words, **overrides)
+
+        async def events() -> Any:
+            if echoed:
+                yield {"data": json.dumps(body([choice(echoed, None)], None))}
+            async for piece in iterate_in_threadpool(iter(streamed)):
+                yield {"data": json.dumps(body([choice(piece, None)], None))}
+            yield {"data": json.dumps(body([choice("", streamed.finish_reason)], None))}
+            if completion.include_usage:
+                yield {"data": json.dumps(body([], usage(streamed.prompt_tokens, streamed.completion_tokens)))}
             yield {"data": "[DONE]"}
 
         return EventSourceResponse(events())
@@ -343,7 +337,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model-name", default=None, help="Model id clients send; defaults to --model.")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="Largest request body accepted.")
     parser.add_argument("--max-queued-requests", type=int, default=16,
-                        help="Completions waiting or running at once; more are answered 503 (server busy).")
+                        help="Completions in progress at once (they take turns token by token); more are answered "
+                        "503 (server busy).")
     parser.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                         help="Generation backend; vllm needs the vllm package and a GPU.")
     options = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
 Same interface as :class:`ChatEngine` (prompts rendered by our template, stop words from it), with vLLM's offline
 ``LLM`` doing the generation and a LoRA adapter applied through ``LoRARequest``. The offline engine has no token
-stream, so ``stream`` delivers the reply as one piece when it is complete.
+stream, so ``stream`` delivers the reply as one piece when it is complete, and a request waits for the one before it to
+finish (no token-step turns).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from lit_factory.errors import LitFactoryError
 from lit_factory.infer.engine import ChatEngine, GenerationArgs, Reply, StreamedReply
 
 if TYPE_CHECKING:
-    from lit_factory.data.templates import Message
     from lit_factory.model.builder import ModelArgs
 
 
@@ -49,36 +49,38 @@ class VLLMEngine(ChatEngine):
 
             self.lora_request = LoRARequest("adapter", 1, model_args.adapter)
 
-    def chat(
-        self, messages: list["Message"], system: Optional[str] = None, stop: tuple[str, ...] = (), tools: str = "",
+    def complete_ids(
+        self, prompt_ids: list[int], stop_words: tuple[str, ...] = (), json_schema: Optional[dict[str, Any]] = None,
         **overrides: Any,
     ) -> Reply:
         from vllm import SamplingParams
 
+        if json_schema is not None:
+            raise LitFactoryError("response_format: JSON output is enforced by the transformers backend only. Fix: "
+                                  "serve with --backend transformers, or send response_format {\"type\": \"text\"}.")
         generation = self.generation.updated(**overrides)
-        prompt_ids = self.encode(messages, system, tools)
         params = SamplingParams(
             temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k or -1,
             max_tokens=generation.max_new_tokens, repetition_penalty=generation.repetition_penalty,
-            stop=list(self.stop_words + tuple(stop)),
+            stop=list(stop_words),
         )
-        with self.lock:
+        # The offline LLM runs one generate() call to its end: requests take whole turns here, not token steps.
+        with self.turns.turn():
             output = self.model.generate(
                 [{"prompt_token_ids": prompt_ids}], params, lora_request=self.lora_request, use_tqdm=False
             )[0].outputs[0]
         finish = "length" if output.finish_reason == "length" else "stop"
         return Reply(output.text, len(prompt_ids), len(output.token_ids), finish)
 
-    def stream(
-        self, messages: list["Message"], system: Optional[str] = None, stop: tuple[str, ...] = (), tools: str = "",
+    def stream_ids(
+        self, prompt_ids: list[int], stop_words: tuple[str, ...] = (), json_schema: Optional[dict[str, Any]] = None,
         **overrides: Any,
     ) -> StreamedReply:
-        streamed = StreamedReply(iter(()), 0)
+        streamed = StreamedReply(iter(()), len(prompt_ids))
 
         def pieces() -> Any:
-            reply = self.chat(messages, system, stop, tools, **overrides)
-            streamed.prompt_tokens, streamed.completion_tokens = reply.prompt_tokens, reply.completion_tokens
-            streamed.finish_reason = reply.finish_reason
+            reply = self.complete_ids(prompt_ids, stop_words, json_schema, **overrides)
+            streamed.completion_tokens, streamed.finish_reason = reply.completion_tokens, reply.finish_reason
             yield reply.text
 
         streamed._pieces = pieces()
