@@ -194,16 +194,17 @@ class LoRA(Finetuning):
         """The ``peft.LoraConfig`` this method applies to ``model``."""
         from peft import LoraConfig, TaskType
 
-        # PEFT's "all-linear" already excludes the output head; we only translate our spelling.
-        targets = "all-linear" if self.target_modules == "all" else self.target_modules
-        if isinstance(targets, list):
-            leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-            missing = [t for t in targets if t not in leaf_names]
-            if missing:
-                raise LitFactoryError(f"finetuning.target_modules: the model has no modules named {missing}")
-        elif targets != "all-linear":
-            if not any(re.fullmatch(targets, name) for name, _ in model.named_modules()):
-                raise LitFactoryError(f"finetuning.target_modules: the pattern {targets!r} matches no module")
+        # PEFT's parameter wrapper (fused MoE experts) supports neither dropout, DoRA nor a rewritten base.
+        plain = not (self.dropout or self.use_dora or self.rewrites_base)
+        targets, parameters = _resolve_targets(model, self.target_modules, with_parameters=plain)
+        if not plain and self.target_modules == "all":
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            from lit_factory.model.targets import expert_count
+
+            if expert_count(model):
+                rank_zero_warn("finetuning: with LoRA dropout, DoRA or PiSSA/OLoRA, PEFT cannot adapt fused MoE "
+                               "expert weights; only the attention and dense layers get adapters")
         to_save = list(self.modules_to_save)
         if train_embeddings:
             # New token rows are untrained: without training the embeddings and head they stay noise.
@@ -211,21 +212,20 @@ class LoRA(Finetuning):
                 name = _module_name(model, module).rsplit(".", 1)[-1]
                 if name not in to_save:
                     to_save.append(name)
-        exclude = _vision_tower_modules(model) if targets == "all-linear" else None
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             target_modules=targets,
-            exclude_modules=exclude,
+            target_parameters=parameters or None,
             modules_to_save=to_save or None,
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
             init_lora_weights=True if self.init == "default" else self.init,
             # A tied model's head IS its embedding: PEFT must train one copy (and save it once) or the two drift
             # apart. Only set when it applies; PEFT warns on untied models or untouched embeddings.
-            ensure_weight_tying=_trains_tied_embeddings(model, to_save, targets),
+            ensure_weight_tying=_trains_tied_embeddings(model, to_save, self.target_modules),
         )
 
     def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
@@ -237,6 +237,28 @@ class LoRA(Finetuning):
         if self.rewrites_base:
             _save_converted_to_original_base(model)
         return model
+
+
+def _resolve_targets(model: "nn.Module", target_modules: Union[str, list[str]],
+                     with_parameters: bool) -> tuple[Union[str, list[str]], list[str]]:
+    """``(target_modules, target_parameters)`` for PEFT: ``all`` resolved by ``lit_factory.model.targets``
+    (linear layers but head, vision side and MoE routers; fused experts as parameters), a list checked against
+    the model's module names, a regular expression checked to match something."""
+    from lit_factory.model.targets import adapter_targets
+
+    if target_modules == "all":
+        modules, parameters = adapter_targets(model, _vision_tower_modules(model), with_parameters)
+        if not modules and not parameters:
+            raise LitFactoryError(f"finetuning.target_modules: `all` finds no linear layer in {type(model).__name__}")
+        return modules, parameters
+    if isinstance(target_modules, list):
+        leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in target_modules if t not in leaf_names]
+        if missing:
+            raise LitFactoryError(f"finetuning.target_modules: the model has no modules named {missing}")
+    elif not any(re.fullmatch(target_modules, name) for name, _ in model.named_modules()):
+        raise LitFactoryError(f"finetuning.target_modules: the pattern {target_modules!r} matches no module")
+    return target_modules, []
 
 
 def _trains_tied_embeddings(model: "nn.Module", to_save: list[str], targets: Union[str, list[str]]) -> bool:

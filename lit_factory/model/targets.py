@@ -1,0 +1,99 @@
+"""What ``target_modules: all`` means for an adapter: every linear layer but the output head, a VLM's vision side
+and MoE routers, plus the fused expert weights of MoE blocks (3-D parameters, adapted through PEFT's
+``target_parameters``).
+
+Written here because PEFT's ``all-linear`` only knows ``nn.Linear``/``Conv1D``: it wraps routers that are linear
+layers (Llama 4, PhiMoE, JetMoE, AFMoE, LongCat) and misses the experts that transformers 5 fuses into one
+parameter; for the MoE families transformers converts from v4 checkpoints it even adds the router back
+(``gate.weight``) and moves dense ``gate_proj``/``up_proj``/``down_proj`` layers onto the fused experts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# A module that picks experts: transformers names them *Router, *TopKRouter, *TopKGating (not *GatingMLP, a plain MLP).
+ROUTER_CLASS = re.compile(r"Router|TopK|Gating$")
+ROUTER_LEAF = re.compile(r"gate|router|classifier")
+EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
+
+
+def expert_count(model: "nn.Module") -> Optional[int]:
+    """How many routed experts each MoE layer has (None for a dense model)."""
+    text = model.config.get_text_config()
+    for name in EXPERT_COUNT_NAMES:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    value = getattr(getattr(text, "ffn_config", None), "moe_num_experts", None)  # DBRX
+    return value if isinstance(value, int) and value > 1 else None
+
+
+def router_modules(model: "nn.Module") -> list[str]:
+    """Names of the modules that route tokens to experts: by class name, or a linear layer named like a gate
+    whose outputs are one score per expert."""
+    from torch import nn
+
+    experts = expert_count(model)
+    routers = []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if ROUTER_CLASS.search(type(module).__name__):
+            routers.append(name)
+        elif (experts and isinstance(module, nn.Linear) and module.out_features == experts
+              and ROUTER_LEAF.search(leaf)):
+            routers.append(name)
+    return routers
+
+
+def adapter_targets(model: "nn.Module", exclude: Optional[str] = None,
+                    with_parameters: bool = True) -> tuple[list[str], list[str]]:
+    """``(target_modules, target_parameters)`` as full names: the linear layers (not the head, not ``exclude``,
+    not inside a router) and, with ``with_parameters``, the 3-D fused expert weights (leading dimension = the
+    expert count) for PEFT's ``target_parameters``. Without it (LoRA dropout or DoRA, which PEFT's parameter
+    wrapper refuses; OFT) the experts are not adapted."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    routers = router_modules(model)
+
+    def inside_router(name: str) -> bool:
+        return any(name == r or name.startswith(r + ".") for r in routers)
+
+    converted = _leaves_converted_by_peft(model)
+    modules, parameters = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, Conv1D)) or module is head or inside_router(name):
+            continue
+        if exclude is not None and re.fullmatch(exclude, name):
+            continue
+        if name.rsplit(".", 1)[-1] in converted:
+            # PEFT would re-point this name at the fused experts; naming the weight keeps the layer itself (without
+            # parameter targets PEFT cannot adapt it at all).
+            if with_parameters:
+                parameters.append(f"{name}.weight")
+        else:
+            modules.append(name)
+    experts = expert_count(model)
+    if with_parameters and experts:
+        for name, parameter in model.named_parameters():
+            owner = name.rpartition(".")[0]
+            if parameter.ndim == 3 and parameter.shape[0] == experts and not inside_router(owner):
+                parameters.append(name)
+    return modules, parameters
+
+
+def _leaves_converted_by_peft(model: "nn.Module") -> set[str]:
+    """The module leaf names PEFT re-points when it converts LoRA configs of this architecture as v4 -> v5 MoE
+    checkpoints (its own tables; nothing for other architectures or other PEFT versions)."""
+    try:
+        from peft.utils.transformers_weight_conversion import _MODEL_TO_CONVERSION_PATTERN, _MOE_TARGET_MODULE_MAPPING
+    except ImportError:
+        return set()
+    pattern = _MODEL_TO_CONVERSION_PATTERN.get(getattr(model.config, "model_type", None))
+    return set(_MOE_TARGET_MODULE_MAPPING.get(pattern, {}))
