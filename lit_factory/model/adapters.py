@@ -239,6 +239,88 @@ class LoRA(Finetuning):
         return model
 
 
+class OFT(Finetuning):
+    """Orthogonal fine-tuning through PEFT's ``OFTConfig`` (Qiu et al., 2023; Liu et al., 2024 for the BOFT blocks):
+    each target layer's input is rotated by a learned block-diagonal orthogonal matrix, which keeps the angles
+    between the pretrained weights' neurons. LLaMA-Factory's ``finetuning_type: oft``; saved in PEFT format.
+
+    Args:
+        block_size: Size of the orthogonal blocks; must divide every target layer's input size. Set either this
+            or ``r`` (PEFT infers the other: ``r * block_size`` = the layer's input size).
+        r: Number of orthogonal blocks per layer (0: infer it from ``block_size``).
+        target_modules: As in ``LoRA``: ``all`` (linear layers but the head, a VLM's vision side and MoE routers;
+            fused MoE experts are not adapted, PEFT's OFT has no parameter targets), names or a regex.
+        module_dropout: Probability of replacing an orthogonal block by the identity during training.
+        modules_to_save: Modules trained fully and saved beside the adapter.
+        use_cayley_neumann: Approximate the Cayley transform's inverse by a Neumann series (PEFT's default, faster);
+            ``false`` computes the exact inverse.
+    """
+
+    saves_adapter = True
+
+    def __init__(
+        self,
+        block_size: int = 32,
+        r: int = 0,
+        target_modules: Union[str, list[str]] = "all",
+        module_dropout: float = 0.0,
+        modules_to_save: Optional[list[str]] = None,
+        use_cayley_neumann: bool = True,
+    ) -> None:
+        if (block_size > 0) == (r > 0):
+            raise LitFactoryError("finetuning: OFT takes either block_size or r (the other is inferred); set the "
+                                  "other to 0")
+        self.block_size = block_size
+        self.r = r
+        self.target_modules = target_modules
+        self.module_dropout = module_dropout
+        self.modules_to_save = list(modules_to_save or [])
+        self.use_cayley_neumann = use_cayley_neumann
+
+    def peft_config(self, model: "nn.Module", train_embeddings: bool = False):
+        """The ``peft.OFTConfig`` this method applies to ``model``."""
+        from peft import OFTConfig, TaskType
+
+        targets, _ = _resolve_targets(model, self.target_modules, with_parameters=False)
+        to_save = list(self.modules_to_save)
+        if train_embeddings:
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                name = _module_name(model, module).rsplit(".", 1)[-1]
+                if name not in to_save:
+                    to_save.append(name)
+        if self.block_size:
+            from torch import nn
+
+            by_name = dict(model.named_modules())
+            chosen = [n for n, m in by_name.items() if isinstance(m, nn.Linear) and _matches(n, targets)]
+            uneven = sorted({n.rsplit(".", 1)[-1] for n in chosen
+                             if getattr(by_name[n], "in_features", 0) % self.block_size})
+            if uneven:
+                raise LitFactoryError(f"finetuning.block_size: {self.block_size} does not divide the input size of "
+                                      f"{uneven}; choose a divisor or name other target_modules")
+        return OFTConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.r,
+            oft_block_size=self.block_size,
+            target_modules=targets,
+            module_dropout=self.module_dropout,
+            modules_to_save=to_save or None,
+            use_cayley_neumann=self.use_cayley_neumann,
+        )
+
+    def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(model, train_embeddings))
+
+
+def _matches(name: str, targets: Union[str, list[str]]) -> bool:
+    """PEFT's rule for a module name against ``target_modules``: a regex matches it fully, a list by suffix."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
 def _resolve_targets(model: "nn.Module", target_modules: Union[str, list[str]],
                      with_parameters: bool) -> tuple[Union[str, list[str]], list[str]]:
     """``(target_modules, target_parameters)`` for PEFT: ``all`` resolved by ``lit_factory.model.targets``
