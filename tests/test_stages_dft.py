@@ -1,6 +1,8 @@
 """DFT (arXiv 2508.05629): the loss is -sg(p) log p per target token, averaged like SFT's; its gradient is
 cross-entropy's rescaled per token by p; the stage trains and LLaMA-Factory's use_dft_loss selects it."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -39,15 +41,19 @@ def test_dft_loss_and_gradient_match_the_formula():
 
 
 def test_dft_stage_loss_is_the_formula_on_the_model_logits_and_trains(tmp_path):
-    stage = DFT(tiny_args())
+    stage = DFT(tiny_args(), optimizer=partial(torch.optim.AdamW, lr=3e-3))
     stage.configure_model()
     batch = first_batch(stage.tokenizer)
     with torch.no_grad():
         logits = stage.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         assert float(stage.loss(batch)) == pytest.approx(float(reference_dft(logits, batch["labels"])), rel=1e-5)
         assert float(stage.loss(batch)) < float(SFT.loss(stage, batch))  # p < 1 shrinks every token's term
-    recorder = fit(stage, tmp_path, 12)
-    assert recorder.losses[-1] < recorder.losses[0]
+        cross_entropy = float(SFT.loss(stage, batch))
+    # -p log p grows with p below 1/e (a random model's p is about 1/vocabulary), so the DFT loss itself rises as
+    # training works; what must fall is the targets' cross-entropy.
+    fit(stage, tmp_path, 12)
+    with torch.no_grad():
+        assert float(SFT.loss(stage, batch)) < cross_entropy - 0.3
 
 
 def test_llamafactory_use_dft_loss_selects_the_stage():

@@ -68,7 +68,7 @@ def adapter_targets(model: "nn.Module", exclude: Optional[str] = None,
     converted = _leaves_converted_by_peft(model)
     modules, parameters = [], []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, Conv1D)) or module is head or inside_router(name):
+        if not _is_linear(module, (nn.Linear, Conv1D)) or module is head or inside_router(name):
             continue
         if exclude is not None and re.fullmatch(exclude, name):
             continue
@@ -86,6 +86,15 @@ def adapter_targets(model: "nn.Module", exclude: Optional[str] = None,
             if parameter.ndim == 3 and parameter.shape[0] == experts and not inside_router(owner):
                 parameters.append(name)
     return modules, parameters
+
+
+def _is_linear(module: "nn.Module", linear_classes: tuple) -> bool:
+    """A linear layer PEFT can wrap: torch's (bitsandbytes' subclass it) or GPT-2's ``Conv1D``, or a quantized
+    kernel's leaf layer named like one (GPTQ ``QuantLinear``, AWQ ``WQLinear_*``, HQQ), as LLaMA-Factory finds them."""
+    if isinstance(module, linear_classes):
+        return True
+    return ("Linear" in type(module).__name__ and hasattr(module, "in_features") and hasattr(module, "out_features")
+            and not any(True for _ in module.children()))
 
 
 def _leaves_converted_by_peft(model: "nn.Module") -> set[str]:
