@@ -181,6 +181,7 @@ def test_extras_method_keys_translate_to_their_components():
     assert (name, args["update_ratio"], args["mask_mode"]) == ("BAdamRatio", 0.1, "scatter")
     ratio = translate(lf(finetuning_type="full", use_badam=True, badam_mode="ratio", badam_switch_interval=5))
     assert any(w.startswith("`badam_switch_interval` has no effect with `badam_mode: ratio`") for w in ratio.warnings)
+    assert ratio.recipe["trainer"]["gradient_clip_val"] is None  # torch cannot clip sparse gradients
     with pytest.raises(LitFactoryError, match="`use_muon: True` cannot be combined with `use_galore`"):
         optimizer(use_galore=True, use_muon=True)
     with pytest.raises(LitFactoryError, match="use_apollo: True.*needs finetuning_type: full"):

@@ -174,6 +174,11 @@ def test_badam_ratio_updates_the_chosen_share_of_each_matrix(tmp_path):
     assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
     assert torch.equal(after["lm_head.weight"], before["lm_head.weight"])
     assert recorder.losses[-1] < recorder.losses[0]
+    stage = SFT(tiny_args(), None, BAdamRatio())
+    data = DataModule(dataset="sparrow_sft", dataset_dir=DEMO, tokenizer=stage.tokenizer, template="chatml",
+                      cutoff_len=64, batch_size=2, shuffle=False)
+    with pytest.raises(LitFactoryError, match="gradient_clip_val: null"):
+        quiet_trainer(tmp_path, 1, gradient_clip_val=1.0).fit(stage, datamodule=data)
     with pytest.raises(LitFactoryError, match="full fine-tuning"):
         from lit_factory.model import LoRA
 

@@ -218,6 +218,10 @@ def _training_recipe(keys: _Keys) -> dict[str, Any]:
         "model": {"class_path": f"lit_factory.stages.{stage}", "init_args": stage_args},
         "data": {"class_path": "lit_factory.data.DataModule", "init_args": _data_args(keys, stage)},
     }
+    if stage_args["optimizer"]["class_path"] == "lit_factory.optim.BAdamRatio" and recipe["trainer"]["gradient_clip_val"]:
+        recipe["trainer"]["gradient_clip_val"] = None  # sparse gradients: torch cannot take their norm
+        keys.translation.warnings.append("`max_grad_norm` has no effect with `badam_mode: ratio`: its sparse "
+                                         "gradients cannot be clipped")
     if stage_args["model"].get("rope_scaling") or stage_args["model"].get("shift_attn"):
         stage_args["model"]["context_length"] = recipe["data"]["init_args"]["cutoff_len"]
     return recipe

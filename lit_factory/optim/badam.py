@@ -93,7 +93,8 @@ class BAdamRatio(OptimizerFactory):
     states for those entries alone; the chosen entries move on every ``switch_every`` steps.
 
     Gradients are made sparse in each parameter's post-accumulate-grad hook, so this mode needs
-    ``trainer.accumulate_grad_batches: 1``. Embeddings and the output head stay frozen, as in BAdam.
+    ``trainer.accumulate_grad_batches: 1`` and no gradient clipping (``trainer.gradient_clip_val: null``).
+    Embeddings and the output head stay frozen, as in BAdam.
 
     Args:
         lr: Learning rate.
@@ -169,6 +170,11 @@ def _RefuseAccumulation(ratio_optimizer: type) -> type:  # noqa: N802 - returns 
             self._inside_step = True
             try:
                 return super().step(closure)
+            except NotImplementedError as err:  # Lightning clips inside the closure; torch has no sparse norm
+                if "Sparse" not in str(err):
+                    raise
+                raise LitFactoryError("optimizer: BAdamRatio's gradients are sparse and cannot be clipped; set "
+                                      "trainer.gradient_clip_val: null") from None
             finally:
                 self._inside_step = False
 
