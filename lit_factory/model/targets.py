@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 # A module that picks experts: transformers names them *Router, *TopKRouter, *TopKGating (not *GatingMLP, a plain MLP).
 ROUTER_CLASS = re.compile(r"Router|TopK|Gating$")
 ROUTER_LEAF = re.compile(r"gate|router|classifier")
+# PEFT refuses LoRA on these leaves of Mamba-style mixers (peft.tuners.tuners_utils._check_lora_target_modules_mamba:
+# the selective-scan kernels read their weights directly), so `all` leaves them out for these model types.
+MAMBA_MODEL_TYPES = {"falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h"}
+MAMBA_UNADAPTABLE = {"out_proj", "conv1d"}
 EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
 
 
@@ -66,11 +70,12 @@ def adapter_targets(model: "nn.Module", exclude: Optional[str] = None,
         return any(name == r or name.startswith(r + ".") for r in routers)
 
     converted = _leaves_converted_by_peft(model)
+    refused = MAMBA_UNADAPTABLE if getattr(model.config, "model_type", None) in MAMBA_MODEL_TYPES else set()
     modules, parameters = [], []
     for name, module in model.named_modules():
         if not _is_linear(module, (nn.Linear, Conv1D)) or module is head or inside_router(name):
             continue
-        if exclude is not None and re.fullmatch(exclude, name):
+        if (exclude is not None and re.fullmatch(exclude, name)) or name.rsplit(".", 1)[-1] in refused:
             continue
         if name.rsplit(".", 1)[-1] in converted:
             # PEFT would re-point this name at the fused experts; naming the weight keeps the layer itself (without
