@@ -117,18 +117,22 @@ def verify(model_type: str, workdir: Path) -> dict[str, Any]:
         step = "lora targets"
         path_args = ModelArgs(path=str(base_dir), dtype="float32", attn_implementation="eager")
         model = build_model(path_args, tokenizer, LoRA(r=4, alpha=8, target_modules="all"))
-        wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")})
+        lora_layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A")}
+        wrapped = sorted({_target_label(n, m) for n, m in lora_layers.items()})
         assert wrapped, "LoRA wrapped nothing"
         head = model.get_base_model().get_output_embeddings()
         assert not hasattr(head, "lora_A"), "LoRA wrapped the output head"
         text = model.config.get_text_config()
         experts = {getattr(text, n) for n in EXPERT_COUNT_NAMES if isinstance(getattr(text, n, None), int)}
         experts.add(getattr(getattr(text, "ffn_config", None), "moe_num_experts", None))
-        # A router: one output per expert, or a LoRA layer inside a module whose class says it routes.
-        routing = [n for n, m in model.named_modules() if re.search(r"Router|Gating|TopK", type(m).__name__)]
-        routers = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and (
-                   getattr(m.base_layer, "out_features", None) in experts - {None, 1}
+        # A router: a module whose class says it routes (TopKRouter, Router, TopKGating; not a GatingMLP), or a
+        # linear layer named like a gate with one output per expert; a LoRA layer on one or inside one is a failure.
+        routing = [n for n, m in model.named_modules()
+                   if not hasattr(m, "lora_A") and re.search(r"Router|TopK|Gating$", type(m).__name__)]
+        routers = [n for n, m in lora_layers.items() if (
+                   getattr(_unwrapped(m), "out_features", None) in experts - {None, 1}
                    and re.search(r"router|gate", n.rsplit(".", 1)[-1])
+                   or re.search(r"Router|TopK|Gating$", type(_unwrapped(m)).__name__)
                    or any(n.startswith(r + ".") for r in routing))]
         assert not routers, f"LoRA wrapped MoE routers {routers}"
         row["lora_targets"] = wrapped
@@ -178,6 +182,20 @@ def verify(model_type: str, workdir: Path) -> dict[str, Any]:
         if "-v" in sys.argv:
             traceback.print_exc()
     return row
+
+
+def _unwrapped(layer: Any) -> Any:
+    """The layer a (possibly nested) PEFT layer adapts."""
+    while hasattr(layer, "base_layer"):
+        layer = layer.base_layer
+    return layer
+
+
+def _target_label(name: str, layer: Any) -> str:
+    """A LoRA layer's leaf name; for PEFT's parameter wrappers (fused experts) ``module.parameter``."""
+    parameter = getattr(layer, "parameter_name", None)
+    module = re.sub(r"(\.base_layer)+$", "", name).rsplit(".", 1)[-1]
+    return f"{module}.{parameter}" if parameter else module
 
 
 def verify_in_tempdir(model_type: str) -> dict[str, Any]:

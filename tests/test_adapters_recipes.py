@@ -52,8 +52,13 @@ def test_method_recipe_runs(base_dir, tmp_path, method):
         extra = ("--model.init_args.model.adapter", str(first))
     run_dir = fit(tmp_path, model_path, f"recipes/methods/{method}.yaml", extra=extra)
     saved = {p.name for p in run_dir.iterdir()}
+    if method == "dft":
+        assert "class_path: lit_factory.stages.DFT" in (run_dir / "config.yaml").read_text()
     if "adapter_model.safetensors" in saved:
         config = json.loads((run_dir / "adapter_config.json").read_text())
+        assert config["peft_type"] == ("OFT" if method == "oft" else "LORA")
+        if method == "oft":
+            return
         assert config["use_dora"] == (method == "dora") and config["use_rslora"] == (method == "rslora")
         if method == "lora_embeddings":
             assert set(config["modules_to_save"]) == {"embed_tokens", "lm_head"}

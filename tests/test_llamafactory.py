@@ -21,15 +21,11 @@ EXAMPLES = sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.rglob("*.yaml")
 LF_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "peer-data" / "llamafactory"
 # The examples that need a feature lit-factory lacks, and the key the error must name.
 UNSUPPORTED_EXAMPLES = {
-    "extras/adam_mini/qwen2_full_sft.yaml": "use_adam_mini", "extras/apollo/llama3_full_sft.yaml": "use_apollo",
     "extras/asft/llama2_full_asft.yaml": "use_asft_loss", "extras/asft/qwen2_full_asft.yaml": "use_asft_loss",
-    "extras/dft/qwen2_full_sft.yaml": "use_dft_loss", "extras/eaft/qwen25_05b_eaft_full.yaml": "use_eaft_loss",
+    "extras/eaft/qwen25_05b_eaft_full.yaml": "use_eaft_loss",
     "extras/fp8/llama3_fp8_deepspeed_sft.yaml": "fp8", "extras/fp8/llama3_fp8_fsdp_sft.yaml": "fsdp",
-    "extras/galore/llama3_full_sft.yaml": "galore_layerwise", "extras/mod/llama3_full_sft.yaml": "mixture_of_depths",
-    "extras/muon/qwen2_full_sft.yaml": "use_muon", "extras/nlg_eval/llama3_lora_predict.yaml": "do_predict",
-    "extras/oft/llama3_oft_sft.yaml": "finetuning_type", "extras/oft/qwen2_5vl_oft_sft.yaml": "image_max_pixels",
-    "extras/qoft/llama3_oft_sft_awq.yaml": "finetuning_type", "extras/qoft/llama3_oft_sft_bnb_npu.yaml": "finetuning_type",
-    "extras/qoft/llama3_oft_sft_gptq.yaml": "finetuning_type", "merge_lora/qwen3_gptq.yaml": "export_quantization_bit",
+    "extras/mod/llama3_full_sft.yaml": "mixture_of_depths", "extras/nlg_eval/llama3_lora_predict.yaml": "do_predict",
+    "extras/oft/qwen2_5vl_oft_sft.yaml": "image_max_pixels", "merge_lora/qwen3_gptq.yaml": "export_quantization_bit",
     "train_full/mossvl_full_sft.yaml": "image_max_pixels", "train_full/qwen3vl_full_sft.yaml": "image_max_pixels",
     "train_lora/mossvl_lora_sft.yaml": "image_max_pixels", "train_lora/qwen3_lora_sft_ray.yaml": "ray_num_workers",
     "train_lora/qwen3_preprocess.yaml": "tokenized_path", "train_lora/qwen3vl_lora_dpo.yaml": "image_max_pixels",
@@ -71,8 +67,8 @@ def test_examples_cover_the_folders_the_issue_names():
 def test_unknown_and_unsupported_keys_are_named_never_dropped():
     with pytest.raises(LitFactoryError, match=r"`lora_magic: 3` is not supported yet"):
         translate(lf(lora_magic=3))
-    with pytest.raises(LitFactoryError, match=r"`use_apollo: True`, `use_muon: True` are not supported yet"):
-        translate(lf(use_apollo=True, use_muon=True))
+    with pytest.raises(LitFactoryError, match=r"`use_asft_loss: True`, `fp8: True` are not supported yet"):
+        translate(lf(use_asft_loss=True, fp8=True))
     # A switched-off feature's options are ignored by LLaMA-Factory; we say so.
     warnings = translate(lf(finetuning_type="full", lora_rank=16, galore_rank=4)).warnings
     assert any(w.startswith("`lora_rank` has no effect without `finetuning_type: lora`") for w in warnings)
@@ -164,6 +160,52 @@ def test_optimizer_methods():
     assert (plus["class_path"], plus["init_args"]["lr_ratio"]) == ("lit_factory.optim.LoRAPlus", 16.0)
 
 
+def test_extras_method_keys_translate_to_their_components():
+    def optimizer(**keys):
+        section = recipe(finetuning_type="full", **keys)["model"]["init_args"]["optimizer"]
+        return section["class_path"].rsplit(".", 1)[1], section["init_args"]
+
+    name, args = optimizer(use_apollo=True, apollo_rank=128, apollo_scale=32.0, apollo_scale_type="tensor",
+                           apollo_layerwise=True, apollo_target="q_proj,v_proj", learning_rate=1e-5)
+    assert (name, args["rank"], args["scale_type"], args["layerwise"], args["lr"]) == ("APOLLO", 128, "tensor", True, 1e-5)
+    assert (args["projection"], args["target_modules"]) == ("random", ["q_proj", "v_proj"])  # LF's apollo_proj default
+    name, args = optimizer(use_galore=True, galore_layerwise=True, galore_rank=8)
+    assert (name, args["layerwise"], args["rank"]) == ("GaLore", True, 8)
+    with pytest.raises(LitFactoryError, match="galore_layerwise.*gradient_accumulation_steps: 1"):
+        optimizer(use_galore=True, galore_layerwise=True, gradient_accumulation_steps=8)
+    name, args = optimizer(use_adam_mini=True, learning_rate=2e-5, adam_beta2=0.95)
+    assert (name, args["lr"], args["betas"]) == ("AdamMini", 2e-5, [0.9, 0.95])
+    name, args = optimizer(use_muon=True, weight_decay=0.1)
+    assert (name, args["weight_decay"], args["adamw_betas"]) == ("Muon", 0.1, [0.9, 0.999])
+    name, args = optimizer(use_badam=True, badam_mode="ratio", badam_update_ratio=0.1, badam_mask_mode="scatter")
+    assert (name, args["update_ratio"], args["mask_mode"]) == ("BAdamRatio", 0.1, "scatter")
+    ratio = translate(lf(finetuning_type="full", use_badam=True, badam_mode="ratio", badam_switch_interval=5))
+    assert any(w.startswith("`badam_switch_interval` has no effect with `badam_mode: ratio`") for w in ratio.warnings)
+    assert ratio.recipe["trainer"]["gradient_clip_val"] is None  # torch cannot clip sparse gradients
+    with pytest.raises(LitFactoryError, match="`use_muon: True` cannot be combined with `use_galore`"):
+        optimizer(use_galore=True, use_muon=True)
+    with pytest.raises(LitFactoryError, match="use_apollo: True.*needs finetuning_type: full"):
+        recipe(use_apollo=True)
+    oft = recipe(finetuning_type="oft", oft_block_size=16, oft_target="all", module_dropout=0.1,
+                 additional_target="lm_head")["model"]["init_args"]["finetuning"]
+    assert oft == {"class_path": "lit_factory.model.OFT", "init_args": {
+        "block_size": 16, "r": 0, "target_modules": "all", "module_dropout": 0.1, "modules_to_save": ["lm_head"]}}
+    assert recipe(use_dft_loss=True)["model"]["class_path"] == "lit_factory.stages.DFT"
+    with pytest.raises(LitFactoryError, match="use_dft_loss: True.*needs stage: sft"):
+        recipe(stage="dpo", use_dft_loss=True)
+
+
+@pytest.mark.parametrize("example, stage, optimizer", [
+    ("extras/apollo/llama3_full_sft.yaml", "SFT", "APOLLO"), ("extras/adam_mini/qwen2_full_sft.yaml", "SFT", "AdamMini"),
+    ("extras/muon/qwen2_full_sft.yaml", "SFT", "Muon"), ("extras/galore/llama3_full_sft.yaml", "SFT", "GaLore"),
+    ("extras/dft/qwen2_full_sft.yaml", "DFT", "AdamW"), ("extras/oft/llama3_oft_sft.yaml", "SFT", "AdamW"),
+])
+def test_extras_examples_translate_to_our_methods(example, stage, optimizer):
+    model = translate(read_llamafactory_file(FIXTURES / example), example).recipe["model"]
+    assert model["class_path"].rsplit(".", 1)[1] == stage
+    assert model["init_args"]["optimizer"]["class_path"].rsplit(".", 1)[1] == optimizer
+
+
 def test_verbs_map_to_our_subcommands():
     assert llamafactory_args(["version"]) == ["--version"]
     assert llamafactory_args(["webui"]) == ["board"]
@@ -184,9 +226,9 @@ def test_verbs_map_to_our_subcommands():
 def test_env_version_and_errors_through_the_cli(capsys):
     assert main(["env"]) == 0 and "- transformers: " in capsys.readouterr().out
     assert main(["version"]) == 0 and capsys.readouterr().out.strip()
-    assert main(["train", str(FIXTURES / "extras/muon/qwen2_full_sft.yaml")]) == 2
+    assert main(["train", str(FIXTURES / "extras/mod/llama3_full_sft.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [err[0]] and "`use_muon: True` is not supported yet" in err[0]
+    assert err == [err[0]] and "`mixture_of_depths: convert` is not supported yet" in err[0]
 
 
 def test_convert_writes_a_commented_recipe_once(tmp_path, capsys):

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import model_matrix  # noqa: E402 - a script beside the benchmarks, imported as a module
 
 # Dense, MoE (router must stay untouched) and GPT-2-style (Conv1D) families.
-SAMPLE = ["llama", "qwen2", "mistral", "qwen3", "gpt2", "mixtral", "qwen2_moe"]
+SAMPLE = ["llama", "qwen2", "mistral", "qwen3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe", "phimoe"]
 ALL = os.environ.get("LIT_FACTORY_MODEL_MATRIX") == "all"
 
 
@@ -50,3 +50,18 @@ def test_head_check_can_fail(tmp_path, monkeypatch):
     monkeypatch.setattr(adapters.LoRA, "peft_config", with_head)
     row = model_matrix.verify("llama", tmp_path)
     assert row["status"].startswith("lora targets") and "output head" in row["status"]
+
+
+def test_router_check_can_fail(tmp_path, monkeypatch):
+    """LoRA on an MoE router (here PEFT's own v4 -> v5 target, the TopKRouter's weight) must be caught."""
+    from lit_factory.model import targets
+
+    real = targets.adapter_targets
+
+    def with_router(model, exclude=None, with_parameters=True):
+        modules, parameters = real(model, exclude, with_parameters)
+        return modules, parameters + ["mlp.gate.weight"]
+
+    monkeypatch.setattr(targets, "adapter_targets", with_router)
+    row = model_matrix.verify("qwen3_moe", tmp_path)
+    assert row["status"].startswith("lora targets") and "MoE routers" in row["status"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lit_factory.compat.lf_methods import finetuning_method, names as _names, optimizer_method
 from lit_factory.errors import LitFactoryError
 
 STAGES = {"pt": "PreTrain", "sft": "SFT", "rm": "RewardModel", "ppo": "PPO", "dpo": "DPO", "kto": "KTO"}
@@ -26,8 +27,6 @@ PREFERENCE_STAGES = {"sigmoid": "DPO", "hinge": "DPO", "ipo": "DPO", "orpo": "OR
 SCHEDULES = {"linear": ("linear", True), "cosine": ("cosine", True), "cosine_with_min_lr": ("cosine", True),
              "constant_with_warmup": ("constant", True), "constant": ("constant", False)}
 ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
-OPTIMIZERS = {"adamw_torch": "torch.optim.AdamW", "adamw_torch_fused": "torch.optim.AdamW",
-              "adamw_8bit": "bitsandbytes.optim.AdamW8bit", "paged_adamw_8bit": "bitsandbytes.optim.PagedAdamW8bit"}
 
 # Keys that change nothing in lit-factory: key -> why (each still gets a one-line warning).
 NO_EFFECT = {
@@ -50,11 +49,11 @@ NO_EFFECT = {
 }
 # LLaMA-Factory features we lack: key -> its default. Set to anything else they stop the translation.
 UNSUPPORTED = {
-    "use_apollo": False, "use_adam_mini": False, "use_muon": False, "use_dft_loss": False, "use_asft_loss": False,
+    "use_asft_loss": False,
     "use_eaft_loss": False, "mixture_of_depths": None, "fp8": False, "fsdp": "", "ray_num_workers": 1,
     "tokenized_path": None, "eval_dataset": None, "freeze_multi_modal_projector": True, "freeze_language_model": False,
     "use_unsloth": False, "enable_liger_kernel": False, "do_predict": False, "predict_with_generate": False,
-    "ref_model": None, "galore_layerwise": False, "export_quantization_bit": None, "upcast_layernorm": False,
+    "ref_model": None, "export_quantization_bit": None, "upcast_layernorm": False,
     "ppo_score_norm": False, "ppo_buffer_size": 1, "create_new_adapter": False, "disable_shuffling": False,
     "resume_from_checkpoint": None, "moe_aux_loss_coef": None, "image_max_pixels": None, "video_max_pixels": None,
     "video_fps": None, "video_maxlen": None, "pissa_convert": True, "default_system": None,
@@ -68,7 +67,7 @@ CONDITIONAL = [
      lambda c: c.get("finetuning_type", "lora") == "lora", "finetuning_type: lora"),
     (r"freeze_trainable_.*|freeze_extra_modules|use_llama_pro",
      lambda c: c.get("finetuning_type", "lora") == "freeze", "finetuning_type: freeze"),
-    (r"oft_.*", lambda c: c.get("finetuning_type") == "oft", "finetuning_type: oft"),
+    (r"oft_.*|module_dropout|additional_target", lambda c: c.get("finetuning_type") == "oft", "finetuning_type: oft"),
     (r"galore_.*", lambda c: c.get("use_galore"), "use_galore: true"),
     (r"badam_.*", lambda c: c.get("use_badam"), "use_badam: true"),
     (r"apollo_.*", lambda c: c.get("use_apollo"), "use_apollo: true"),
@@ -209,8 +208,8 @@ def _inactive_feature(config: dict[str, Any], key: str) -> Optional[str]:
 def _training_recipe(keys: _Keys) -> dict[str, Any]:
     stage = _stage_class(keys)
     accumulate = int(keys.take("gradient_accumulation_steps", 1, "trainer.accumulate_grad_batches"))
-    stage_args: dict[str, Any] = {"model": _model_args(keys), "finetuning": _finetuning(keys)}
-    stage_args["optimizer"] = _optimizer(keys, stage_args["finetuning"])
+    stage_args: dict[str, Any] = {"model": _model_args(keys), "finetuning": finetuning_method(keys)}
+    stage_args["optimizer"] = optimizer_method(keys, stage_args["finetuning"])
     stage_args.update(_schedule(keys))
     stage_args.update(_stage_options(keys, stage))
     recipe = {
@@ -219,6 +218,10 @@ def _training_recipe(keys: _Keys) -> dict[str, Any]:
         "model": {"class_path": f"lit_factory.stages.{stage}", "init_args": stage_args},
         "data": {"class_path": "lit_factory.data.DataModule", "init_args": _data_args(keys, stage)},
     }
+    if stage_args["optimizer"]["class_path"] == "lit_factory.optim.BAdamRatio" and recipe["trainer"]["gradient_clip_val"]:
+        recipe["trainer"]["gradient_clip_val"] = None  # sparse gradients: torch cannot take their norm
+        keys.translation.warnings.append("`max_grad_norm` has no effect with `badam_mode: ratio`: its sparse "
+                                         "gradients cannot be clipped")
     if stage_args["model"].get("rope_scaling") or stage_args["model"].get("shift_attn"):
         stage_args["model"]["context_length"] = recipe["data"]["init_args"]["cutoff_len"]
     return recipe
@@ -228,12 +231,15 @@ def _stage_class(keys: _Keys) -> str:
     stage = keys.take("stage", "sft", "model.class_path")
     if stage not in STAGES:
         raise keys.fail("stage", f"is not one of {list(STAGES)}")
+    dft = keys.take("use_dft_loss", False, "model.class_path (lit_factory.stages.DFT)")
+    if dft and stage != "sft":
+        raise keys.fail("use_dft_loss", "needs stage: sft (DFT reweights the SFT loss)")
     if stage == "dpo":
         loss = keys.take("pref_loss", "sigmoid", "model.class_path / model.init_args.loss_type")
         if loss not in PREFERENCE_STAGES:
             raise keys.fail("pref_loss", f"is not supported yet; use one of {list(PREFERENCE_STAGES)}")
         return PREFERENCE_STAGES[loss]
-    return STAGES[stage]
+    return "DFT" if dft else STAGES[stage]
 
 
 def _model_args(keys: _Keys) -> dict[str, Any]:
@@ -284,100 +290,6 @@ def _model_args(keys: _Keys) -> dict[str, Any]:
         model["freeze_vision_tower"] = bool(keys.take("freeze_vision_tower", True,
                                                       "model.init_args.model.freeze_vision_tower"))
     return model
-
-
-def _finetuning(keys: _Keys) -> dict[str, Any]:
-    kind = keys.take("finetuning_type", "lora", "model.init_args.finetuning.class_path")
-    if kind == "full":
-        return {"class_path": "lit_factory.model.Full"}
-    if kind == "freeze":
-        layers = int(keys.take("freeze_trainable_layers", 2, "model.init_args.finetuning.init_args.trainable_layers"))
-        modules = keys.take("freeze_trainable_modules", "all", "model.init_args.finetuning.init_args.trainable_modules")
-        extra = keys.take("freeze_extra_modules", None, "model.init_args.finetuning.init_args.extra_modules")
-        init_args: dict[str, Any] = {}
-        if keys.take("use_llama_pro", False, "model.init_args.finetuning.class_path"):
-            class_path, init_args["num_expanded_blocks"] = "lit_factory.model.LlamaPro", layers
-        elif layers < 0:
-            raise keys.fail("freeze_trainable_layers", "(the first layers) is not supported yet; use a positive count")
-        else:
-            class_path, init_args["trainable_layers"] = "lit_factory.model.Freeze", layers
-        if modules and modules != "all":
-            init_args["trainable_modules"] = _names(modules)
-        if extra:
-            init_args["extra_modules"] = _names(extra)
-        return {"class_path": class_path, "init_args": init_args}
-    if kind != "lora":
-        raise keys.fail("finetuning_type", "is not supported yet; use lora, freeze or full")
-    rank = int(keys.take("lora_rank", 8, "model.init_args.finetuning.init_args.r"))
-    target = keys.take("lora_target", "all", "model.init_args.finetuning.init_args.target_modules")
-    init_args = {
-        "r": rank,
-        # LLaMA-Factory's lora_alpha defaults to twice the rank.
-        "alpha": float(keys.take("lora_alpha", None, "model.init_args.finetuning.init_args.alpha") or rank * 2),
-        "dropout": float(keys.take("lora_dropout", 0.0, "model.init_args.finetuning.init_args.dropout")),
-        "target_modules": "all" if target == "all" else _names(target),
-    }
-    extra = keys.take("additional_target", None, "model.init_args.finetuning.init_args.modules_to_save")
-    if extra:
-        init_args["modules_to_save"] = _names(extra)
-    if keys.take("use_rslora", False, "model.init_args.finetuning.init_args.use_rslora"):
-        init_args["use_rslora"] = True
-    if keys.take("use_dora", False, "model.init_args.finetuning.init_args.use_dora"):
-        init_args["use_dora"] = True
-    if keys.take("pissa_init", False, "model.init_args.finetuning.init_args.init"):
-        iterations = int(keys.take("pissa_iter", 16, "model.init_args.finetuning.init_args.init"))
-        init_args["init"] = "pissa" if iterations < 0 else f"pissa_niter_{iterations}"
-        # Our PiSSA adapters are always saved converted for the original base (pissa_convert: false stops earlier).
-        keys.take("pissa_convert", True, "model.init_args.finetuning (saved converted, always)")
-    return {"class_path": "lit_factory.model.LoRA", "init_args": init_args}
-
-
-def _optimizer(keys: _Keys, finetuning: dict[str, Any]) -> dict[str, Any]:
-    lr = float(keys.take("learning_rate", 5e-5, "model.init_args.optimizer (lr)"))
-    decay = float(keys.take("weight_decay", 0.0, "model.init_args.optimizer (weight_decay)"))
-    if decay:
-        keys.used.add("weight_decay")
-        keys.translation.warnings.append("`weight_decay` applies to every trainable parameter here; transformers "
-                                         "exempts biases and norm weights")
-    adam = {"lr": lr, "weight_decay": decay,
-            "betas": [float(keys.take("adam_beta1", 0.9, "model.init_args.optimizer.init_args.betas")),
-                      float(keys.take("adam_beta2", 0.999, "model.init_args.optimizer.init_args.betas"))],
-            "eps": float(keys.take("adam_epsilon", 1e-8, "model.init_args.optimizer.init_args.eps"))}
-    name = keys.take("optim", "adamw_torch", "model.init_args.optimizer.class_path")
-    if name not in OPTIMIZERS:
-        raise keys.fail("optim", f"is not supported yet; use one of {list(OPTIMIZERS)}")
-    base = {"class_path": OPTIMIZERS[name], "init_args": adam}
-    if keys.take("use_galore", False, "model.init_args.optimizer.class_path"):
-        if finetuning["class_path"] != "lit_factory.model.Full":
-            raise keys.fail("use_galore", "needs finetuning_type: full")
-        target = keys.take("galore_target", "all", "model.init_args.optimizer.init_args.target_modules")
-        return {"class_path": "lit_factory.optim.GaLore", "init_args": {
-            "lr": lr, "weight_decay": decay,
-            "rank": int(keys.take("galore_rank", 16, "model.init_args.optimizer.init_args.rank")),
-            "update_interval": int(keys.take("galore_update_interval", 200,
-                                             "model.init_args.optimizer.init_args.update_interval")),
-            "scale": float(keys.take("galore_scale", 2.0, "model.init_args.optimizer.init_args.scale")),
-            "projection": keys.take("galore_proj_type", "std", "model.init_args.optimizer.init_args.projection"),
-            "target_modules": "all" if target == "all" else _names(target)}}
-    if keys.take("use_badam", False, "model.init_args.optimizer.class_path"):
-        if keys.take("badam_mode", "layer", "model.init_args.optimizer (BAdam, layer mode)") != "layer":
-            raise keys.fail("badam_mode", "is not supported yet; BAdam runs in layer mode here")
-        order = keys.take("badam_switch_mode", "ascending", "model.init_args.optimizer.init_args.order")
-        if order not in ("ascending", "descending", "random"):
-            raise keys.fail("badam_switch_mode", "is not supported yet; use ascending, descending or random")
-        options = {"optimizer": base, "order": order,
-                   "switch_every": int(keys.take("badam_switch_interval", 50,
-                                                 "model.init_args.optimizer.init_args.switch_every"))}
-        if keys.has("badam_start_block"):
-            options["start_block"] = int(keys.take("badam_start_block", to="model.init_args.optimizer.init_args.start_block"))
-        return {"class_path": "lit_factory.optim.BAdam", "init_args": options}
-    ratio = keys.take("loraplus_lr_ratio", None, "model.init_args.optimizer.init_args.lr_ratio")
-    if ratio:
-        return {"class_path": "lit_factory.optim.LoRAPlus", "init_args": {
-            "optimizer": base, "lr": lr, "lr_ratio": float(ratio), "weight_decay": decay,
-            "embedding_lr": float(keys.take("loraplus_lr_embedding", 1e-6,
-                                            "model.init_args.optimizer.init_args.embedding_lr"))}}
-    return base
 
 
 def _schedule(keys: _Keys) -> dict[str, Any]:
@@ -478,7 +390,7 @@ def _data_args(keys: _Keys, stage: str) -> dict[str, Any]:
                                                           to=to + "preprocessing_num_workers"))
     neat = bool(keys.take("neat_packing", False, to + "packing"))
     packing = keys.take("packing", None, to + "packing")
-    if stage == "SFT" and (packing or neat):
+    if stage in ("SFT", "DFT") and (packing or neat):
         data["packing"] = True
         if not neat:
             keys.translation.warnings.append("`packing` packs with attention kept per conversation here "
@@ -583,11 +495,6 @@ def _logger(keys: _Keys, output_dir: str) -> dict[str, Any]:
         class_path = {"wandb": "WandbLogger", "mlflow": "MLFlowLogger"}[report]
         return {"class_path": f"lightning.pytorch.loggers.{class_path}", "init_args": {"save_dir": output_dir}}
     raise keys.fail("report_to", "is not supported yet; use none, tensorboard, wandb or mlflow")
-
-
-def _names(value: Any) -> list[str]:
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [str(item).strip() for item in items if str(item).strip()]
 
 
 # ---- merge and inference files ------------------------------------------------------------------------------------

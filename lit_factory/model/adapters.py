@@ -194,16 +194,17 @@ class LoRA(Finetuning):
         """The ``peft.LoraConfig`` this method applies to ``model``."""
         from peft import LoraConfig, TaskType
 
-        # PEFT's "all-linear" already excludes the output head; we only translate our spelling.
-        targets = "all-linear" if self.target_modules == "all" else self.target_modules
-        if isinstance(targets, list):
-            leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-            missing = [t for t in targets if t not in leaf_names]
-            if missing:
-                raise LitFactoryError(f"finetuning.target_modules: the model has no modules named {missing}")
-        elif targets != "all-linear":
-            if not any(re.fullmatch(targets, name) for name, _ in model.named_modules()):
-                raise LitFactoryError(f"finetuning.target_modules: the pattern {targets!r} matches no module")
+        # PEFT's parameter wrapper (fused MoE experts) supports neither dropout, DoRA nor a rewritten base.
+        plain = not (self.dropout or self.use_dora or self.rewrites_base)
+        targets, parameters = _resolve_targets(model, self.target_modules, with_parameters=plain)
+        if not plain and self.target_modules == "all":
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            from lit_factory.model.targets import expert_count
+
+            if expert_count(model):
+                rank_zero_warn("finetuning: with LoRA dropout, DoRA or PiSSA/OLoRA, PEFT cannot adapt fused MoE "
+                               "expert weights; only the attention and dense layers get adapters")
         to_save = list(self.modules_to_save)
         if train_embeddings:
             # New token rows are untrained: without training the embeddings and head they stay noise.
@@ -211,21 +212,20 @@ class LoRA(Finetuning):
                 name = _module_name(model, module).rsplit(".", 1)[-1]
                 if name not in to_save:
                     to_save.append(name)
-        exclude = _vision_tower_modules(model) if targets == "all-linear" else None
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             target_modules=targets,
-            exclude_modules=exclude,
+            target_parameters=parameters or None,
             modules_to_save=to_save or None,
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
             init_lora_weights=True if self.init == "default" else self.init,
             # A tied model's head IS its embedding: PEFT must train one copy (and save it once) or the two drift
             # apart. Only set when it applies; PEFT warns on untied models or untouched embeddings.
-            ensure_weight_tying=_trains_tied_embeddings(model, to_save, targets),
+            ensure_weight_tying=_trains_tied_embeddings(model, to_save, self.target_modules),
         )
 
     def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
@@ -237,6 +237,110 @@ class LoRA(Finetuning):
         if self.rewrites_base:
             _save_converted_to_original_base(model)
         return model
+
+
+class OFT(Finetuning):
+    """Orthogonal fine-tuning through PEFT's ``OFTConfig`` (Qiu et al., 2023; Liu et al., 2024 for the BOFT blocks):
+    each target layer's input is rotated by a learned block-diagonal orthogonal matrix, which keeps the angles
+    between the pretrained weights' neurons. LLaMA-Factory's ``finetuning_type: oft``; saved in PEFT format.
+
+    Args:
+        block_size: Size of the orthogonal blocks; must divide every target layer's input size. Set either this
+            or ``r`` (PEFT infers the other: ``r * block_size`` = the layer's input size).
+        r: Number of orthogonal blocks per layer (0: infer it from ``block_size``).
+        target_modules: As in ``LoRA``: ``all`` (linear layers but the head, a VLM's vision side and MoE routers;
+            fused MoE experts are not adapted, PEFT's OFT has no parameter targets), names or a regex.
+        module_dropout: Probability of replacing an orthogonal block by the identity during training.
+        modules_to_save: Modules trained fully and saved beside the adapter.
+        use_cayley_neumann: Approximate the Cayley transform's inverse by a Neumann series (PEFT's default, faster);
+            ``false`` computes the exact inverse.
+    """
+
+    saves_adapter = True
+
+    def __init__(
+        self,
+        block_size: int = 32,
+        r: int = 0,
+        target_modules: Union[str, list[str]] = "all",
+        module_dropout: float = 0.0,
+        modules_to_save: Optional[list[str]] = None,
+        use_cayley_neumann: bool = True,
+    ) -> None:
+        if (block_size > 0) == (r > 0):
+            raise LitFactoryError("finetuning: OFT takes either block_size or r (the other is inferred); set the "
+                                  "other to 0")
+        self.block_size = block_size
+        self.r = r
+        self.target_modules = target_modules
+        self.module_dropout = module_dropout
+        self.modules_to_save = list(modules_to_save or [])
+        self.use_cayley_neumann = use_cayley_neumann
+
+    def peft_config(self, model: "nn.Module", train_embeddings: bool = False):
+        """The ``peft.OFTConfig`` this method applies to ``model``."""
+        from peft import OFTConfig, TaskType
+
+        targets, _ = _resolve_targets(model, self.target_modules, with_parameters=False)
+        to_save = list(self.modules_to_save)
+        if train_embeddings:
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                name = _module_name(model, module).rsplit(".", 1)[-1]
+                if name not in to_save:
+                    to_save.append(name)
+        if self.block_size:
+            from torch import nn
+
+            by_name = dict(model.named_modules())
+            chosen = [n for n, m in by_name.items() if isinstance(m, nn.Linear) and _matches(n, targets)]
+            uneven = sorted({n.rsplit(".", 1)[-1] for n in chosen
+                             if getattr(by_name[n], "in_features", 0) % self.block_size})
+            if uneven:
+                raise LitFactoryError(f"finetuning.block_size: {self.block_size} does not divide the input size of "
+                                      f"{uneven}; choose a divisor or name other target_modules")
+        return OFTConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.r,
+            oft_block_size=self.block_size,
+            target_modules=targets,
+            module_dropout=self.module_dropout,
+            modules_to_save=to_save or None,
+            use_cayley_neumann=self.use_cayley_neumann,
+        )
+
+    def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(model, train_embeddings))
+
+
+def _matches(name: str, targets: Union[str, list[str]]) -> bool:
+    """PEFT's rule for a module name against ``target_modules``: a regex matches it fully, a list by suffix."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _resolve_targets(model: "nn.Module", target_modules: Union[str, list[str]],
+                     with_parameters: bool) -> tuple[Union[str, list[str]], list[str]]:
+    """``(target_modules, target_parameters)`` for PEFT: ``all`` resolved by ``lit_factory.model.targets``
+    (linear layers but head, vision side and MoE routers; fused experts as parameters), a list checked against
+    the model's module names, a regular expression checked to match something."""
+    from lit_factory.model.targets import adapter_targets
+
+    if target_modules == "all":
+        modules, parameters = adapter_targets(model, _vision_tower_modules(model), with_parameters)
+        if not modules and not parameters:
+            raise LitFactoryError(f"finetuning.target_modules: `all` finds no linear layer in {type(model).__name__}")
+        return modules, parameters
+    if isinstance(target_modules, list):
+        leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in target_modules if t not in leaf_names]
+        if missing:
+            raise LitFactoryError(f"finetuning.target_modules: the model has no modules named {missing}")
+    elif not any(re.fullmatch(target_modules, name) for name, _ in model.named_modules()):
+        raise LitFactoryError(f"finetuning.target_modules: the pattern {target_modules!r} matches no module")
+    return target_modules, []
 
 
 def _trains_tied_embeddings(model: "nn.Module", to_save: list[str], targets: Union[str, list[str]]) -> bool:

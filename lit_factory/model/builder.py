@@ -240,10 +240,9 @@ def build_model(
         model.config.use_cache = False
 
     if args.adapter is not None and not args.merge_adapter:
-        from lit_factory.model.adapters import LoRA
-
-        if not isinstance(finetuning, LoRA):
-            raise LitFactoryError("model.adapter: resuming an adapter needs `finetuning: lit_factory.model.LoRA`")
+        if not getattr(finetuning, "saves_adapter", False):
+            raise LitFactoryError("model.adapter: resuming an adapter needs an adapter method as `finetuning` "
+                                  "(lit_factory.model.LoRA or OFT)")
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, args.adapter, is_trainable=True)

@@ -1,10 +1,12 @@
-"""Optimizer-side pieces shared by the stages: the optimizer factory (LoRA+, GaLore, BAdam) and LR schedules.
+"""Optimizer-side pieces shared by the stages: the optimizer factory (LoRA+, GaLore, APOLLO, BAdam, Adam-mini,
+Muon) and LR schedules.
 
 Names resolve lazily so that `import lit_factory.optim` stays free of torch until an optimizer is built.
 """
 
 _NAMES = {"OptimizerFactory": "factory", "build_optimizer": "factory", "LoRAPlus": "loraplus",
-          "GaLore": "galore", "BAdam": "badam"}
+          "GaLore": "galore", "APOLLO": "apollo", "BAdam": "badam", "BAdamRatio": "badam", "AdamMini": "adam_mini",
+          "Muon": "muon", "CombinedOptimizer": "combined", "LayerwiseOptimizer": "combined"}
 
 
 def __getattr__(name: str):

@@ -85,3 +85,97 @@ def _ClosureFirst(block_optimizer: type) -> type:
             return loss
 
     return BlockOptimizerForLightning
+
+
+class BAdamRatio(OptimizerFactory):
+    """BAdam's ratio mode through the ``badam`` package's ``BlockOptimizerRatio`` (LLaMA-Factory's
+    ``badam_mode: ratio``): every trainable matrix updates only ``update_ratio`` of its entries per phase, with Adam
+    states for those entries alone; the chosen entries move on every ``switch_every`` steps.
+
+    Gradients are made sparse in each parameter's post-accumulate-grad hook, so this mode needs
+    ``trainer.accumulate_grad_batches: 1`` and no gradient clipping (``trainer.gradient_clip_val: null``).
+    Embeddings and the output head stay frozen, as in BAdam.
+
+    Args:
+        lr: Learning rate.
+        betas: Adam's betas.
+        eps: Adam's epsilon.
+        update_ratio: Share of each matrix's entries that train in a phase.
+        mask_mode: ``adjacent`` (a contiguous run of entries, moving along the matrix) or ``scatter`` (random ones).
+        switch_every: Optimizer steps between moving the trained entries.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        update_ratio: float = 0.05,
+        mask_mode: Literal["adjacent", "scatter"] = "adjacent",
+        switch_every: int = 100,
+    ) -> None:
+        if importlib.util.find_spec("badam") is None:
+            raise LitFactoryError("optimizer: BAdamRatio needs the badam package (pip install badam)")
+        if not 0 < update_ratio <= 1:
+            raise LitFactoryError("optimizer.init_args.update_ratio: must lie in (0, 1]")
+        if switch_every < 1:
+            raise LitFactoryError("optimizer.init_args.switch_every: must be at least 1")
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.eps = eps
+        self.update_ratio = update_ratio
+        self.mask_mode = mask_mode
+        self.switch_every = switch_every
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        from badam import BlockOptimizerRatio
+
+        if hasattr(model, "peft_config"):
+            raise LitFactoryError("optimizer: BAdamRatio trains the model's own weights; use it with full fine-tuning")
+        # badam finds the embeddings and head by the names "embed" and "lm_head"; freeze them by module instead, so
+        # that any architecture works, and tell badam to leave the (now frozen) rest alone.
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if module is not None:
+                module.requires_grad_(False)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return _RefuseAccumulation(BlockOptimizerRatio)(
+            param_groups=[{"params": [p for _, p in named]}], named_parameters_list=named,
+            update_ratio=self.update_ratio, mask_mode=self.mask_mode, switch_every=self.switch_every,
+            lr=self.lr, betas=self.betas, eps=self.eps, verbose=0, include_embedding=True, include_lm_head=True,
+        )
+
+
+def _RefuseAccumulation(ratio_optimizer: type) -> type:  # noqa: N802 - returns a class
+    """``BlockOptimizerRatio`` sparsifies each gradient as soon as backward completes it; a second micro-batch
+    would add a dense gradient to that sparse one. Its hooks run inside ``step``'s closure, except when Lightning
+    accumulates, which is refused in one line."""
+
+    class BlockOptimizerRatioForLightning(ratio_optimizer):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - BlockOptimizerRatio's arguments
+            self._inside_step = False
+            super().__init__(*args, **kwargs)
+
+        def sparse_update_hook(self):  # noqa: ANN201 - badam's hook factory
+            sparsify = super().sparse_update_hook()
+
+            def hook(parameter: torch.Tensor) -> None:
+                if not self._inside_step:
+                    raise LitFactoryError("optimizer: BAdamRatio sparsifies gradients during backward and cannot "
+                                          "accumulate them; set trainer.accumulate_grad_batches: 1")
+                sparsify(parameter)
+
+            return hook
+
+        def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's Optimizer.step signature
+            self._inside_step = True
+            try:
+                return super().step(closure)
+            except NotImplementedError as err:  # Lightning clips inside the closure; torch has no sparse norm
+                if "Sparse" not in str(err):
+                    raise
+                raise LitFactoryError("optimizer: BAdamRatio's gradients are sparse and cannot be clipped; set "
+                                      "trainer.gradient_clip_val: null") from None
+            finally:
+                self._inside_step = False
+
+    return BlockOptimizerRatioForLightning

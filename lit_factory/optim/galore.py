@@ -27,7 +27,13 @@ class GaLore(OptimizerFactory):
         optimizer: ``adamw``, ``adamw8bit`` (bitsandbytes states) or ``adafactor``.
         target_modules: ``all`` for every linear layer but the output head, or a list of module names
             (``[q_proj, v_proj, mlp]`` matches names containing them).
+        layerwise: One optimizer per parameter, stepped as soon as its gradient is ready during backward (GaLore's
+            per-layer updates, LLaMA-Factory's ``galore_layerwise``): no two layers' gradients exist at once. Needs
+            ``trainer.accumulate_grad_batches: 1``; gradient clipping has nothing left to clip.
     """
+
+    #: The package that owns the optimizer (named in the error when it is missing).
+    package = ("galore_torch", "galore-torch")
 
     def __init__(
         self,
@@ -39,11 +45,11 @@ class GaLore(OptimizerFactory):
         projection: Literal["std", "reverse_std", "left", "right", "full"] = "std",
         optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw",
         target_modules: Union[str, list[str]] = "all",
+        layerwise: bool = False,
     ) -> None:
-        if importlib.util.find_spec("galore_torch") is None:
-            raise LitFactoryError("optimizer: GaLore needs the galore-torch package (pip install galore-torch)")
+        self._check_package()
         if rank < 1 or update_interval < 1:
-            raise LitFactoryError("optimizer.init_args: GaLore rank and update_interval must be at least 1")
+            raise LitFactoryError(f"optimizer.init_args: {type(self).__name__} rank and update_interval must be at least 1")
         self.lr = lr
         self.weight_decay = weight_decay
         self.rank = rank
@@ -52,6 +58,13 @@ class GaLore(OptimizerFactory):
         self.projection = projection
         self.optimizer = optimizer
         self.target_modules = target_modules
+        self.layerwise = layerwise
+
+    def _check_package(self) -> None:
+        module, distribution = self.package
+        if importlib.util.find_spec(module) is None:
+            raise LitFactoryError(f"optimizer: {type(self).__name__} needs the {distribution} package "
+                                  f"(pip install {distribution})")
 
     def projected_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The trainable 2-D weights GaLore projects: those of the target linear layers."""
@@ -66,18 +79,34 @@ class GaLore(OptimizerFactory):
             raise LitFactoryError(f"optimizer.init_args.target_modules: {self.target_modules!r} matches no trainable linear layer")
         return chosen
 
-    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+    def projection_options(self) -> dict:
+        """The options of the projected parameter group (the optimizer reads them per group)."""
+        return {"rank": self.rank, "update_proj_gap": self.update_interval, "scale": self.scale,
+                "proj_type": self.projection}
+
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """The package's optimizer over ``groups``."""
         import galore_torch
 
-        projected = self.projected_parameters(model)
-        projected_ids = {id(p) for p in projected}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in projected_ids]
-        groups = [{"params": rest}] if rest else []
-        groups.append({"params": projected, "rank": self.rank, "update_proj_gap": self.update_interval,
-                       "scale": self.scale, "proj_type": self.projection})
         if self.optimizer == "adafactor":
             return galore_torch.GaLoreAdafactor(
                 groups, lr=self.lr, weight_decay=self.weight_decay, scale_parameter=False, relative_step=False
             )
         cls = galore_torch.GaLoreAdamW8bit if self.optimizer == "adamw8bit" else galore_torch.GaLoreAdamW
         return cls(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        projected = self.projected_parameters(model)
+        projected_ids = {id(p) for p in projected}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in projected_ids]
+        if self.layerwise:
+            from lit_factory.optim.combined import LayerwiseOptimizer
+
+            options = self.projection_options()
+            return LayerwiseOptimizer({
+                **{p: self.make_optimizer([{"params": [p]}]) for p in rest},
+                **{p: self.make_optimizer([{"params": [p], **options}]) for p in projected},
+            })
+        groups = [{"params": rest}] if rest else []
+        groups.append({"params": projected, **self.projection_options()})
+        return self.make_optimizer(groups)

@@ -5,7 +5,7 @@ Names resolve lazily so that `import lit_factory.stages` stays cheap until a sta
 
 _STAGES = {"Stage": "base", "SFT": "sft", "PreTrain": "pretrain"}
 _STAGES.update({"RewardModel": "reward", "DPO": "dpo", "KTO": "kto", "ORPO": "orpo", "SimPO": "simpo"})
-_STAGES.update({"PPO": "ppo"})
+_STAGES.update({"PPO": "ppo", "DFT": "dft"})
 
 
 def __getattr__(name: str):
