@@ -105,15 +105,23 @@ class DeepSpeed(DeepSpeedStrategy):
         config: Optional[Union[str, Path, dict[str, Any]]] = None,
         **kwargs: Any,
     ) -> None:
-        if config is not None and not isinstance(config, dict) and not Path(config).is_file():
-            raise LitFactoryError(f"trainer.strategy.init_args.config: {str(config)!r} is not a file. Fix: give the "
-                                  "path of a DeepSpeed JSON file, e.g. LLaMA-Factory's examples/deepspeed/ds_z3_config.json.")
-        if stage not in (1, 2, 3):
-            raise LitFactoryError(f"trainer.strategy.init_args.stage: {stage} is not a ZeRO stage. Fix: use 1, 2 or 3.")
-        super().__init__(stage=stage, offload_optimizer=offload_optimizer, offload_parameters=offload_parameters,
-                         config=config, **kwargs)
+        # Problems are reported by `check_settings` (called before training): an error raised in here would reach
+        # the user wrapped in jsonargparse's report of every type `trainer.strategy` accepts.
+        self.missing_config = config is not None and not isinstance(config, dict) and not Path(config).is_file()
         self.config_source = "trainer.strategy.init_args.config" + (f" ({config})" if isinstance(config, (str, Path)) else "")
+        super().__init__(stage=stage, offload_optimizer=offload_optimizer, offload_parameters=offload_parameters,
+                         config={} if self.missing_config else config, **kwargs)
+        self.stage = stage
         self._hf_deepspeed_config: Any = None
+
+    def check_settings(self) -> None:
+        """Raise ``LitFactoryError`` for a config file that does not exist or a ZeRO stage that does not."""
+        if self.missing_config:
+            raise LitFactoryError(f"{self.config_source}: not a file. Fix: give the path of a DeepSpeed JSON file, "
+                                  "e.g. LLaMA-Factory's examples/deepspeed/ds_z3_config.json.")
+        if self.stage not in (1, 2, 3):
+            raise LitFactoryError(f"trainer.strategy.init_args.stage: {self.stage} is not a ZeRO stage. Fix: use 1, "
+                                  "2 or 3.")
 
     def _format_config(self) -> None:
         stage = self.lightning_module
