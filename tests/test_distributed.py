@@ -167,12 +167,21 @@ PREFERENCE_METRICS = tuple(f"{split}/rewards/{name}" for split in ("train", "val
                            for name in ("chosen", "rejected", "accuracy", "margin"))
 
 
+@pytest.fixture(scope="module")
+def dpo_single(tmp_path_factory) -> Path:
+    """The one-process DPO run both strategies are compared with."""
+    root = tmp_path_factory.mktemp("dpo")
+    finish(fit(root / "single", MICRO_BATCH, "--trainer.devices", "1", variant=dpo_variant))
+    return root / "single"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"reference data not found: {SHARED_DATA}")
-def test_dpo_ddp_two_processes_log_and_train_like_one(tmp_path):
-    """DPO with a reference copy: DDP-2 with half the micro-batch gives one process's per-step loss, synced reward
-    metrics (train and validation) and final weights."""
-    finish(fit(tmp_path / "single", MICRO_BATCH, "--trainer.devices", "1", variant=dpo_variant))
-    finish(fit(tmp_path / "ddp", MICRO_BATCH // 2, "--trainer.devices", "2", "--config", "recipes/distributed/ddp.yaml",
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_dpo_on_two_processes_logs_and_trains_like_one(dpo_single, strategy):
+    """DPO with a reference copy (sharded too under FSDP): 2 processes with half the micro-batch give one
+    process's per-step loss, synced reward metrics (train and validation) and final weights."""
+    run = dpo_single.parent / strategy
+    finish(fit(run, MICRO_BATCH // 2, "--trainer.devices", "2", "--config", f"recipes/distributed/{strategy}.yaml",
                env=distributed_env(), variant=dpo_variant))
-    assert_same_run(tmp_path / "single", tmp_path / "ddp", PREFERENCE_METRICS)
+    assert_same_run(dpo_single, run, PREFERENCE_METRICS)

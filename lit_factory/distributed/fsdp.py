@@ -72,9 +72,10 @@ class FSDP(ModelParallelStrategy):
         self.rank_zero_loads_weights = rank_zero_loads_weights
         self.reshard_after_forward = reshard_after_forward
 
-    def builds_empty_model(self, quantized: bool) -> bool:
-        """Whether this process builds the model without weights (on the meta device) and waits for rank 0's."""
-        return self.rank_zero_loads_weights and not quantized and self.global_rank > 0 and self.world_size > 1
+    def builds_empty_model(self) -> bool:
+        """Whether this process builds the model without weights (on the meta device) and waits for rank 0's
+        (``build_model`` still reads them where it needs them: a quantized model, an adapter to load)."""
+        return self.rank_zero_loads_weights and self.global_rank > 0 and self.world_size > 1
 
     def setup_environment(self) -> None:
         # One data-parallel dimension over every process (Lightning's "auto" would make it the node count and put

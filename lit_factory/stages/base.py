@@ -138,7 +138,7 @@ class Stage(pl.LightningModule):
         # A sharding strategy may have only rank 0 read the weights (lit_factory.distributed.FSDP): the others build
         # the model on the meta device and receive them when it is sharded.
         builds_empty = getattr(self.trainer.strategy, "builds_empty_model", None) if self._trainer is not None else None
-        empty = bool(builds_empty and builds_empty(quantized=self.model_args.quantization is not None))
+        empty = bool(builds_empty and builds_empty())
         self.model = build_model(self.model_args, self.tokenizer, self.finetuning, device, empty_weights=empty)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any):
