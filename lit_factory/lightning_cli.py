@@ -87,8 +87,11 @@ class FactoryCLI(LightningCLI):
         # should see our one-line message instead.
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+        from lit_factory.distributed.checks import check_strategy
+
         try:
             super().instantiate_classes()
+            check_strategy(self.trainer, self.model)
         except Exception as err:
             user_error = _user_error_in_chain(err)
             if user_error is not None:

@@ -62,8 +62,9 @@ def list_recipes(include_methods: bool = True) -> list[str]:
 
 
 def is_method_overlay(name: str) -> bool:
-    """Whether the recipe ``name`` (relative to ``recipes/``) is a method overlay rather than a base recipe."""
-    return Path(name).parts[0] == "methods"
+    """Whether the recipe ``name`` (relative to ``recipes/``) is an overlay (a method, ``methods/``, or a
+    distributed strategy, ``distributed/``) rather than a base recipe."""
+    return Path(name).parts[0] in ("methods", "distributed")
 
 
 def recipe_path(name: str) -> Path:

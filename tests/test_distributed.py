@@ -16,7 +16,17 @@ from tiny_models import DEMO, save_tiny_base
 MICRO_BATCH, ACCUMULATE, STEPS = 4, 2, 3
 
 
-def recipe(directory: Path, batch_size: int, base: Path) -> Path:
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "peer-data" / "llamafactory"
+
+
+def dpo_variant(config: dict) -> None:
+    """Full-parameter DPO (a frozen reference copy) on LLaMA-Factory's dpo_en_demo pairs instead of SFT."""
+    config["model"]["class_path"] = "lit_factory.stages.DPO"
+    config["model"]["init_args"].update(beta=0.1, reference="copy")
+    config["data"]["init_args"].update(dataset_dir=str(SHARED_DATA), dataset=["dpo_en_demo"], max_samples=32)
+
+
+def recipe(directory: Path, batch_size: int, base: Path, variant=None) -> Path:
     config = {
         "seed_everything": 7,
         "trainer": {
@@ -38,6 +48,8 @@ def recipe(directory: Path, batch_size: int, base: Path) -> Path:
             "batch_size": batch_size, "val_size": 4, "shuffle": False,
         }},
     }
+    if variant is not None:
+        variant(config)
     path = directory / "recipe.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -49,13 +61,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def fit(directory: Path, batch_size: int, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+def fit(directory: Path, batch_size: int, *overrides: str, env: dict | None = None, variant=None) -> subprocess.Popen:
     directory.mkdir(exist_ok=True)
     base = directory.parent / "base"
     if not base.exists():
         save_tiny_base(base)
-    command = [sys.executable, "-m", "lit_factory", "fit", "--config", str(recipe(directory, batch_size, base)),
-               *overrides]
+    command = [sys.executable, "-m", "lit_factory", "fit", "--config",
+               str(recipe(directory, batch_size, base, variant)), *overrides]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
 
@@ -95,13 +107,14 @@ def test_ddp_run_finishes_and_rank_zero_saves_the_model(runs):
     assert weights(ddp).keys() == weights(single).keys()
 
 
-def assert_same_run(single: Path, distributed: Path) -> None:
-    """Same per-step train/loss, val/loss and final weights (fp32, 1e-5) as the one-process run."""
+def assert_same_run(single: Path, distributed: Path, metrics: tuple[str, ...] = ()) -> None:
+    """Same per-step train/loss, val/loss, ``metrics`` and final weights (fp32, 1e-5) as the one-process run."""
     import torch
 
     assert len(logged(single, "train/loss")) == STEPS
-    assert logged(distributed, "train/loss") == pytest.approx(logged(single, "train/loss"), abs=1e-5)
-    assert logged(distributed, "val/loss") == pytest.approx(logged(single, "val/loss"), abs=1e-5)
+    for name in ("train/loss", "val/loss", *metrics):
+        assert logged(single, name), name
+        assert logged(distributed, name) == pytest.approx(logged(single, name), abs=1e-5), name
     ours, reference = weights(distributed), weights(single)
     for name in reference:
         torch.testing.assert_close(ours[name], reference[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
@@ -125,3 +138,50 @@ def test_two_nodes_of_one_process_on_localhost_train_like_one_process(runs, tmp_
     for node in nodes:
         finish(node)
     assert_same_run(single, tmp_path / "nodes")
+
+
+def distributed_env() -> dict:
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_train_like_one_and_save_a_model_transformers_reloads(runs, tmp_path):
+    """FSDP2 over 2 gloo processes (rank 1 builds on the meta device and receives rank 0's weights): the same
+    losses and final weights as one process, and the gathered model.safetensors reloads with plain transformers
+    to the same logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    single, _ = runs
+    (tmp_path / "base").symlink_to(single.parent / "base")
+    finish(fit(tmp_path / "fsdp", MICRO_BATCH // 2, "--trainer.devices", "2", "--config",
+               "recipes/distributed/fsdp.yaml", env=distributed_env()))
+    assert_same_run(single, tmp_path / "fsdp")
+    ids = torch.arange(3, 40).unsqueeze(0)
+    logits = [AutoModelForCausalLM.from_pretrained(path / "run" / "version_0").eval()(ids).logits
+              for path in (single, tmp_path / "fsdp")]
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-5)
+
+
+PREFERENCE_METRICS = tuple(f"{split}/rewards/{name}" for split in ("train", "val")
+                           for name in ("chosen", "rejected", "accuracy", "margin"))
+
+
+@pytest.fixture(scope="module")
+def dpo_single(tmp_path_factory) -> Path:
+    """The one-process DPO run both strategies are compared with."""
+    root = tmp_path_factory.mktemp("dpo")
+    finish(fit(root / "single", MICRO_BATCH, "--trainer.devices", "1", variant=dpo_variant))
+    return root / "single"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"reference data not found: {SHARED_DATA}")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_dpo_on_two_processes_logs_and_trains_like_one(dpo_single, strategy):
+    """DPO with a reference copy (sharded too under FSDP): 2 processes with half the micro-batch give one
+    process's per-step loss, synced reward metrics (train and validation) and final weights."""
+    run = dpo_single.parent / strategy
+    finish(fit(run, MICRO_BATCH // 2, "--trainer.devices", "2", "--config", f"recipes/distributed/{strategy}.yaml",
+               env=distributed_env(), variant=dpo_variant))
+    assert_same_run(dpo_single, run, PREFERENCE_METRICS)

@@ -169,7 +169,11 @@ def _load_config(args: ModelArgs, tokenizer: "PreTrainedTokenizerBase") -> "Pret
 
 
 def _load_base(
-    args: ModelArgs, tokenizer: "PreTrainedTokenizerBase", dtype: "torch.dtype", device: Optional["torch.device"] = None
+    args: ModelArgs,
+    tokenizer: "PreTrainedTokenizerBase",
+    dtype: "torch.dtype",
+    device: Optional["torch.device"] = None,
+    empty_weights: bool = False,
 ) -> "PreTrainedModel":
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -183,6 +187,11 @@ def _load_base(
     # Image-text models need their own Auto class: AutoModelForCausalLM would drop the vision tower.
     auto = AutoModelForImageTextToText if patches.is_vision_language(config) else AutoModelForCausalLM
     options: dict[str, Any] = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=args.trust_remote_code)
+    if empty_weights:  # the structure only, on the meta device: the weights arrive from another rank
+        import torch
+
+        with torch.device("meta"):
+            return auto.from_config(config, **options)
     if args.config is not None:
         return auto.from_config(config, **options)
     quantization.check_prequantized(config, args.quantization, args.path)
@@ -201,11 +210,14 @@ def build_model(
     tokenizer: "PreTrainedTokenizerBase",
     finetuning: Optional["Finetuning"] = None,
     device: Optional["torch.device"] = None,
+    empty_weights: bool = False,
 ) -> "PreTrainedModel":
     """Build the base model, fit its embeddings to the tokenizer, apply the fine-tuning method.
 
     ``finetuning=None`` trains every parameter. Trainable parameters end up in float32 whatever the weight dtype,
-    so that optimizer updates are not lost to rounding under mixed precision.
+    so that optimizer updates are not lost to rounding under mixed precision. ``empty_weights``: build the same
+    structure on the meta device without reading any weights (a sharding strategy fills them in from rank 0);
+    ignored for a quantized model or one that needs its weights here (an adapter to load or merge).
     """
     import torch
 
@@ -215,14 +227,15 @@ def build_model(
 
     _check_attention(args.attn_implementation)
     dtype = resolve_dtype(args.dtype, device or torch.device("cpu"))
-    model = _load_base(args, tokenizer, dtype, device)
+    empty_weights = empty_weights and args.quantization is None and args.adapter is None
+    model = _load_base(args, tokenizer, dtype, device, empty_weights)
     quantized = bool(getattr(model, "is_quantized", False))
 
     added_tokens = len(tokenizer) > model.get_input_embeddings().num_embeddings
     if added_tokens:
         # transformers samples the new rows around the mean of the old ones (mean_resizing), so new tokens start
         # with the statistics of real embeddings instead of a random scale.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=not empty_weights)
 
     if args.merge_adapter:
         from peft import PeftModel

@@ -135,7 +135,11 @@ class Stage(pl.LightningModule):
         if self._trainer is not None and self.trainer.predicting:  # base + adapter as saved, nothing trainable
             self.model = build_inference_model(self.model_args, self.tokenizer, device)
             return
-        self.model = build_model(self.model_args, self.tokenizer, self.finetuning, device)
+        # A sharding strategy may have only rank 0 read the weights (lit_factory.distributed.FSDP): the others build
+        # the model on the meta device and receive them when it is sharded.
+        builds_empty = getattr(self.trainer.strategy, "builds_empty_model", None) if self._trainer is not None else None
+        empty = bool(builds_empty and builds_empty())
+        self.model = build_model(self.model_args, self.tokenizer, self.finetuning, device, empty_weights=empty)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -312,10 +316,13 @@ class Stage(pl.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_train_end(self) -> None:
-        if self.trainer.is_global_zero:
-            saved = self.save_pretrained(self.output_dir())
-            kind = "adapter" if self.finetuning is not None and self.finetuning.saves_adapter else "model"
-            rank_zero_info(f"Saved the trained {kind} and tokenizer (Hugging Face format) to {saved}")
+        from lit_factory.distributed.gathering import whole_weights
+
+        with whole_weights(self.trainer.strategy, self.model):  # every rank takes part in gathering sharded weights
+            if self.trainer.is_global_zero:
+                saved = self.save_pretrained(self.output_dir())
+                kind = "adapter" if self.finetuning is not None and self.finetuning.saves_adapter else "model"
+                rank_zero_info(f"Saved the trained {kind} and tokenizer (Hugging Face format) to {saved}")
 
     def output_dir(self) -> Path:
         """Where a run's outputs go: the first logger's run folder, else ``Trainer.default_root_dir`` — unless that

@@ -49,11 +49,13 @@ class KTO(ReferenceStage):
         ])
 
         metrics = {"kl": kl}
-        if len(chosen_logratios):
-            metrics["rewards/chosen"] = self.beta * chosen_logratios.detach().mean()
-        if len(rejected_logratios):
-            metrics["rewards/rejected"] = self.beta * rejected_logratios.detach().mean()
-        if len(chosen_logratios) and len(rejected_logratios):
+        # Pooled over the ranks' rows, so every rank logs the same names (a rank may hold no desirable rows).
+        chosen_reward, rejected_reward = self.pooled_mean(chosen_logratios), self.pooled_mean(rejected_logratios)
+        if chosen_reward is not None:
+            metrics["rewards/chosen"] = self.beta * chosen_reward
+        if rejected_reward is not None:
+            metrics["rewards/rejected"] = self.beta * rejected_reward
+        if chosen_reward is not None and rejected_reward is not None:
             metrics["rewards/margin"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
         self.log_metrics(metrics, batch_size=len(logratios))
         return losses.mean()

@@ -65,12 +65,25 @@ class PreferenceStage(Stage):
         return sequence_logps(logits, batch[prefix + "labels"])
 
     def log_metrics(self, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log ``metrics`` under ``train/`` or ``val/`` (a no-op outside a Trainer, e.g. when a test calls loss)."""
+        """Log ``metrics`` under ``train/`` or ``val/`` (a no-op outside a Trainer, e.g. when a test calls loss).
+
+        Under data parallelism each value is averaged over the ranks (``sync_dist``), which with equal per-rank
+        batches is the mean over the global batch; every rank must log the same names (see ``pooled_mean``).
+        """
         if self._trainer is None:
             return
         split = "train" if self.training else "val"
         for name, value in metrics.items():
-            self.log(f"{split}/{name}", value.detach().float(), batch_size=batch_size)
+            self.log(f"{split}/{name}", value.detach().float(), batch_size=batch_size,
+                     sync_dist=self.trainer.world_size > 1)
+
+    def pooled_mean(self, values: torch.Tensor) -> Optional[torch.Tensor]:
+        """The mean of ``values`` over every rank's elements (None when no rank has any): for metrics over a
+        subset of rows whose size differs between ranks, such as KTO's desirable rows."""
+        total = torch.stack([values.detach().float().sum(), torch.tensor(float(values.numel()), device=values.device)])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        return total[0] / total[1] if total[1] > 0 else None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         rows = batch["input_ids"].size(0) // (2 if self.data_objective == "pairwise" else 1)
