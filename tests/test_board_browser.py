@@ -44,7 +44,7 @@ def fill(page, elem_id: str, value: str) -> None:
 
 @pytest.mark.slow
 def test_browser_fills_the_train_tab_runs_and_shows_the_loss_curve(tmp_path):
-    process, url = start_board(tmp_path / "server.log")
+    process, url = start_board(tmp_path / "server.log", tmp_path)
     ARTIFACTS.mkdir(exist_ok=True)
     run_dir = tmp_path / "runs" / "browser-run"
     try:

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterator
 
-from lit_factory.board.recipe import RECIPES_DIR
+from lit_factory.board.recipe import is_shipped_recipe
 
 _MISSING = object()
 
@@ -47,7 +47,7 @@ def overrides(old: dict[str, Any], new: dict[str, Any], prefix: str = "", depth:
 def base_config_path(base_name: str, workspace_root: Path) -> str:
     """How the command names the base recipe: ``recipes/<name>`` for a shipped one (``lit-factory`` finds it from
     any folder), else its path relative to the workspace."""
-    if ".." not in Path(base_name).parts and (RECIPES_DIR / base_name).is_file():
+    if is_shipped_recipe(base_name):
         return f"recipes/{base_name}"
     path = Path(base_name)
     resolved = (path if path.is_absolute() else workspace_root / path).resolve()

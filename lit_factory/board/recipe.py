@@ -105,14 +105,19 @@ def list_recipes() -> list[str]:
     return shipped_recipes(include_methods=False)
 
 
+def is_shipped_recipe(name: str) -> bool:
+    """Whether ``name`` names a recipe under the shipped ``recipes/`` (relative, no ``..``)."""
+    relative = Path(name)
+    return not relative.is_absolute() and ".." not in relative.parts and (RECIPES_DIR / relative).is_file()
+
+
 def load_recipe(name: str, workspace: Optional["Workspace"] = None) -> dict[str, Any]:
     """The shipped recipe ``recipes/<name>``, or a recipe YAML at a path (inside ``workspace`` when given: the
     board's saved arguments), as a dict."""
     import yaml
 
-    shipped = RECIPES_DIR / name
-    if ".." not in Path(name).parts and shipped.is_file():
-        path = shipped
+    if is_shipped_recipe(name):
+        path = RECIPES_DIR / name
     elif workspace is not None:
         path = workspace.path(name, "recipe", "read")
     else:
