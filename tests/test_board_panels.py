@@ -76,9 +76,9 @@ CASES = {
         "model.init_args.optimizer.init_args.target_modules": ["q_proj", "v_proj"], "trainer.devices": "2",
         "trainer.strategy": "ddp", "trainer.logger.class_path": "lightning.pytorch.loggers.CSVLogger",
         "trainer.max_steps": 3}),
-    "DPO panel, BAdam, QLoRA-shaped model": ("sft/lora.yaml", dict(
-        stage="DPO", method="Full", method_options="", datasets=["pairs"], dataset_dir="data", dpo_beta=0.25, dpo_loss_type="ipo",
-        dpo_sft_weight=0.5, optimizer="BAdam", learning_rate="3e-6", badam_switch_every=9, badam_order="random",
+    "DPO panel, BAdam, S2-Attn": ("sft/lora.yaml", dict(
+        stage="DPO", method="Full", method_options="", datasets=["pairs"], dataset_dir="data", dpo_beta=0.25,
+        dpo_loss_type="ipo", dpo_sft_weight=0.5, optimizer="BAdam", learning_rate="3e-6", badam_switch_every=9, badam_order="random",
         strategy="deepspeed_stage_2", shift_attn=True), {
         "model.class_path": "lit_factory.stages.DPO", "model.init_args.beta": 0.25,
         "model.init_args.loss_type": "ipo", "model.init_args.sft_weight": 0.5,

@@ -17,7 +17,6 @@ pytest.importorskip("gradio", reason="the board needs the optional 'board' extra
 from lit_factory.board import recipe as recipes  # noqa: E402
 from lit_factory.board.assemble import assemble_recipe  # noqa: E402
 from lit_factory.board.workspace import OutsideWorkspace, Workspace  # noqa: E402
-from lit_factory.errors import LitFactoryError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

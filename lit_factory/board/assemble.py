@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_factory.board import panels
-from lit_factory.board.fields import as_list, names, parse_number, parse_optional_int, parse_options
+from lit_factory.board.fields import names, parse_number, parse_optional_int, parse_options
 from lit_factory.board.recipe import (
     COMMON_STAGE_ARGS, LR_SCHEDULES, PRECISIONS, TrainForm, _class_name, available_methods, available_stages,
     available_templates, dataset_names, method_defaults,

@@ -4,7 +4,6 @@ template, the loss-bearing part marked — through the same spec, loader, aligne
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any, Optional
 
 from lit_factory.errors import LitFactoryError

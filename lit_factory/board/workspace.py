@@ -167,7 +167,8 @@ def folders_with(workspace: Workspace, marker: str, limit: int = 50, depth: int 
     found: list[str] = []
     for folder, subfolders, files in os.walk(workspace.root):  # does not follow symlinked folders
         relative = Path(folder).relative_to(workspace.root)
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")) if len(relative.parts) < depth else []
+        deeper = len(relative.parts) < depth
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")) if deeper else []
         if marker in files and relative.parts:
             found.append(relative.as_posix())
             if len(found) >= limit:

@@ -7,7 +7,6 @@ Generation goes through ``lit_factory.infer.engine.ChatEngine`` — the same tem
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 from lit_factory.board import recipe as recipes

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from lit_factory.board import recipe as recipes
-from lit_factory.board.locales import text
 from lit_factory.board.assemble import recipe_yaml, run_dir
+from lit_factory.board.fields import parse_number, parse_optional_int
+from lit_factory.board.locales import text
 from lit_factory.board.runs import RunManager
 from lit_factory.board.workspace import Workspace, check_recipe_paths
 from lit_factory.errors import LitFactoryError
@@ -32,7 +33,7 @@ def predict_recipe(model: str, adapter: str, tokenizer: str, dataset_dir: str, d
         model_args["tokenizer"] = tokenizer.strip()
     else:
         model_args.pop("tokenizer", None)
-    recipe["model"]["init_args"]["generation"]["max_new_tokens"] = recipes.parse_number(
+    recipe["model"]["init_args"]["generation"]["max_new_tokens"] = parse_number(
         "max new tokens", max_new_tokens, int, 1)
     data = recipe["data"]["init_args"]
     folder = workspace.path(dataset_dir, "dataset folder", "read")
@@ -42,7 +43,7 @@ def predict_recipe(model: str, adapter: str, tokenizer: str, dataset_dir: str, d
         raise LitFactoryError(f"datasets: {missing or 'none chosen'} not in {folder / 'dataset_info.json'}. "
                               f"Fix: pick from {known}.")
     data.update(dataset_dir=dataset_dir, dataset=list(datasets), template=template or "auto")
-    samples = recipes.parse_optional_int("max samples", max_samples)
+    samples = parse_optional_int("max samples", max_samples)
     if samples is not None:
         data["max_samples"] = samples
     if not (run_name or "").strip() or not (output_dir or "").strip():
@@ -95,7 +96,8 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     ui("eval_predict", gr.Markdown(f"### {word('eval_predict')}"), "value")
     with gr.Row():
         dataset_dir = ui("dataset_dir", gr.Textbox(base["dataset_dir"], label=word("dataset_dir")))
-        datasets = ui("datasets", gr.Dropdown(recipes.dataset_names(str(manager.workspace.path(base["dataset_dir"], "dataset folder", "read"))),
+        demo = manager.workspace.path(base["dataset_dir"], "dataset folder", "read")
+        datasets = ui("datasets", gr.Dropdown(recipes.dataset_names(str(demo)),
                                               value=list(base["dataset"]), multiselect=True, allow_custom_value=True,
                                               label=word("datasets")))
         max_samples = ui("max_samples", gr.Textbox("", label=word("max_samples")))
@@ -149,7 +151,7 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
 
         if not (path or "").strip():
             raise LitFactoryError("model path: empty. Fix: give a model folder or hub id, or pick a run.")
-        shots = recipes.parse_number("n-shot", shots, int, 0)
+        shots = parse_number("n-shot", shots, int, 0)
         splits = (split_name,) if shots == 0 else ("dev", split_name)
         subjects = load_task(local_folder(manager, folder, "task folder"), task_name, tuple(dict.fromkeys(splits)))
         args = ModelArgs(path=local_path(manager, path), adapter=local_folder(manager, adapter_dir) or None,

@@ -106,7 +106,8 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
         field("freeze_extra", gr.Textbox(start_form.freeze_extra, label=word("freeze_extra")))
     stage_rows = {}
     for stage_name, args in panels.STAGE_PANELS.items():
-        with gr.Row(visible=start_form.stage == stage_name, elem_id=f"panel_{stage_name.lower()}") as stage_rows[stage_name]:
+        row = gr.Row(visible=start_form.stage == stage_name, elem_id=f"panel_{stage_name.lower()}")
+        with row as stage_rows[stage_name]:
             for arg in args:
                 name = panels.panel_field(stage_name, arg)
                 field(name, _stage_component(gr, stage_name, arg, start_values[name], word(f"arg_{arg}"), name),
@@ -139,7 +140,8 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
         field("galore_update_interval", gr.Number(start_form.galore_update_interval, precision=0,
                                                   label=word("galore_update_interval")))
         field("galore_scale", gr.Number(start_form.galore_scale, label=word("galore_scale")))
-        field("galore_target_modules", gr.Textbox(start_form.galore_target_modules, label=word("galore_target_modules")))
+        field("galore_target_modules", gr.Textbox(start_form.galore_target_modules,
+                                                  label=word("galore_target_modules")))
     with gr.Row(visible=start_form.optimizer == "BAdam", elem_id="panel_badam") as badam_row:
         field("badam_switch_every", gr.Number(start_form.badam_switch_every, precision=0,
                                               label=word("badam_switch_every"), elem_id="badam_switch_every"))
@@ -336,8 +338,9 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
     start_button.click(start, [base, *form, lang], [recipe_view, status, run_select, fields["run_name"]],
                        api_name="start", validator=recipe_validator)
     save_button.click(save_args, [args_path, base, *form, lang], status, api_name="save_args",
-                      validator=workspace.validator([(0, word("args_path"), "inside"), (1, word("base_recipe"), "read"),
-                                                     *((pos + 1, what, kind) for pos, what, kind in form_checks)]))
+                      validator=workspace.validator([
+                          (0, word("args_path"), "inside"), (1, word("base_recipe"), "read"),
+                          *((position + 1, what, kind) for position, what, kind in form_checks)]))
     load_button.click(load_args, [args_path, lang], [base, *form, *visibility_rows, status], api_name="load_args",
                       validator=workspace.validator([(0, word("args_path"), "inside")]))
     stop_button.click(stop, [run_select, lang], [status], api_name="stop")
