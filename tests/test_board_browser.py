@@ -90,8 +90,13 @@ def test_browser_fills_the_train_tab_runs_and_shows_the_loss_curve(tmp_path):
             # The typed panels: a stage or optimizer shows its own fields; the preview command appears.
             pick(page, "stage", "DPO")
             page.locator("#panel_dpo").get_by_text(labels("en")["arg_loss_type"]).wait_for(timeout=30_000)
+            page.locator("#panel_dpo").screenshot(path=str(ARTIFACTS / "board-panel-dpo.png"))
             pick(page, "optimizer", "GaLore")
             page.locator("#panel_galore").get_by_text(labels("en")["galore_rank"]).wait_for(timeout=30_000)
+            pick(page, "stage", "PPO")
+            page.locator("#panel_ppo").get_by_text(labels("en")["arg_reward_model"]).wait_for(timeout=30_000)
+            assert not page.locator("#panel_dpo").is_visible()
+            page.locator("#panel_ppo").screenshot(path=str(ARTIFACTS / "board-panel-ppo.png"))
             pick(page, "stage", "SFT")
             page.locator("#command_button").click()
             page.locator("#command").get_by_text("lit-factory fit --config recipes/quickstart.yaml").wait_for(

@@ -18,7 +18,7 @@ pytest.importorskip("gradio", reason="the board needs the optional 'board' extra
 from lit_factory.board import panels  # noqa: E402
 from lit_factory.board import recipe as recipes  # noqa: E402
 from lit_factory.board.assemble import assemble_recipe, recipe_yaml  # noqa: E402
-from lit_factory.board.command import fit_command  # noqa: E402
+from lit_factory.board.command import CONTINUATION, fit_command  # noqa: E402
 from lit_factory.cli import main  # noqa: E402
 from lit_factory.errors import LitFactoryError  # noqa: E402
 
@@ -123,7 +123,8 @@ def test_panel_values_land_in_the_recipe_fit_reads_and_the_command_matches(case,
         assert dig(from_file, dotted) == value, dotted
     # The preview command, as shown (after its `cd` into the workspace), resolves to the same configuration.
     command = fit_command(base_name, base, recipe, workspace)
-    cd, _, words = command.partition(" && ")
+    assert command.count(CONTINUATION) == command.count("\n") and command.count("\n") >= 3  # one override a line
+    cd, _, words = command.replace(CONTINUATION, " ").partition(" && ")
     assert cd == f"cd {shlex.quote(str(workspace))}"
     argv = shlex.split(words)
     assert argv[:4] == ["lit-factory", "fit", "--config", f"recipes/{base_name}"]

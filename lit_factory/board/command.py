@@ -56,7 +56,12 @@ def base_config_path(base_name: str, workspace_root: Path) -> str:
 
 def fit_command(base_name: str, base: dict[str, Any], recipe: dict[str, Any], workspace_root: Path) -> str:
     """The shell command, run in ``workspace_root``, that trains ``recipe`` (``base`` is what ``base_name`` holds)."""
-    words = ["lit-factory", "fit", "--config", base_config_path(base_name, workspace_root)]
+    lines = [f"cd {shlex.quote(str(workspace_root))} && lit-factory fit --config "
+             + shlex.quote(base_config_path(base_name, workspace_root))]
     for key, value in overrides(base, json.loads(json.dumps(recipe))):
-        words += [f"--{key}", _value(value)]
-    return f"cd {shlex.quote(str(workspace_root))} && " + " ".join(shlex.quote(word) for word in words)
+        lines.append(f"--{key} {shlex.quote(_value(value))}")
+    return CONTINUATION.join(lines)
+
+
+# One override per line, joined with a shell line continuation (the command still runs when pasted as is).
+CONTINUATION = " \\\n    "

@@ -163,7 +163,9 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
                                       elem_id="strategy"))
         field("logger", gr.Dropdown(list(panels.LOGGERS), value=start_form.logger, label=word("logger"),
                                     elem_id="logger"))
-        field("output_dir", gr.Textbox(start_form.output_dir, label=word("output_dir"), elem_id="output_dir"))
+    with gr.Row():  # wide: a refused path's message shows on the field
+        field("output_dir", gr.Textbox(start_form.output_dir, label=word("output_dir"), elem_id="output_dir",
+                                       scale=3))
         field("run_name", gr.Textbox(start_form.run_name, label=word("run_name"), elem_id="run_name"))
     form = [fields[name] for name in recipes.FORM_FIELDS]
     with gr.Row():
