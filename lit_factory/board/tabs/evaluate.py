@@ -81,6 +81,7 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     from lit_factory.board.app import guarded
     from lit_factory.board.tabs.chat import MODEL_INPUT_CHECKS, local_folder, local_path, run_output
     from lit_factory.eval.choice import SAMPLE_TASK_DIR
+    from lit_factory.shipped import PACKAGE_DIR
 
     word = ui.word
     base = recipes.load_recipe(PREDICT_RECIPE)["data"]["init_args"]
@@ -112,7 +113,9 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
 
     ui("eval_choice", gr.Markdown(f"### {word('eval_choice')}"), "value")
     with gr.Row():
-        task_dir = ui("eval_task_dir", gr.Textbox(str(SAMPLE_TASK_DIR), label=word("eval_task_dir"), scale=2))
+        # Named relative to a checkout, as the recipes name shipped files (the workspace resolves it, wheel or not).
+        sample_tasks = Path("lit_factory", *SAMPLE_TASK_DIR.relative_to(PACKAGE_DIR).parts).as_posix()
+        task_dir = ui("eval_task_dir", gr.Textbox(sample_tasks, label=word("eval_task_dir"), scale=2))
         task = ui("eval_task", gr.Textbox("mmlu_sample", label=word("eval_task")))
         split = ui("eval_split", gr.Textbox("test", label=word("eval_split")))
         n_shot = ui("eval_n_shot", gr.Number(5, precision=0, label=word("eval_n_shot")))
