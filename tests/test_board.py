@@ -12,6 +12,7 @@ import yaml
 pytest.importorskip("gradio", reason="the board needs the optional 'board' extra (gradio)")
 
 from lit_factory.board import recipe as recipes  # noqa: E402
+from lit_factory.board.assemble import assemble_recipe, recipe_yaml, run_dir  # noqa: E402
 from lit_factory.board.locales import LANGUAGES, labels  # noqa: E402
 from lit_factory.errors import LitFactoryError  # noqa: E402
 
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def quickstart_form(tmp_path: Path, **changes) -> recipes.TrainForm:
     form = recipes.form_from_recipe(recipes.load_recipe("quickstart.yaml"), run_name="unit")
-    form.output_dir = str(tmp_path / "runs")
+    form.output_dir = "runs"  # relative to the workspace (tmp_path)
     for name, value in changes.items():
         setattr(form, name, value)
     return form
@@ -88,7 +89,7 @@ def test_form_defaults_come_from_the_recipe():
 def test_assembled_recipe_writes_the_form_over_the_base_and_keeps_the_rest(tmp_path):
     form = quickstart_form(tmp_path, method="LoRA", lora_r=4, lora_alpha=8, lora_targets="q_proj, v_proj",
                            learning_rate="5e-4", max_steps="7", datasets=["sparrow_sft"])
-    recipe = recipes.assemble_recipe(recipes.load_recipe("quickstart.yaml"), form, REPO)
+    recipe = assemble_recipe(recipes.load_recipe("quickstart.yaml"), form, tmp_path)
     stage = recipe["model"]["init_args"]
     assert stage["finetuning"] == {"class_path": "lit_factory.model.LoRA", "init_args": {
         "r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
@@ -96,8 +97,8 @@ def test_assembled_recipe_writes_the_form_over_the_base_and_keeps_the_rest(tmp_p
     assert stage["model"]["config"]["hidden_size"] == 128  # the inline config passes through untouched
     assert recipe["trainer"]["max_steps"] == 7 and recipe["trainer"]["gradient_clip_val"] == 1.0
     assert recipe["data"]["init_args"]["dataset"] == ["sparrow_sft"]
-    assert recipes.run_dir(recipe) == tmp_path / "runs" / "unit"
-    assert yaml.safe_load(recipes.recipe_yaml(recipe)) == recipe
+    assert run_dir(recipe) == Path("runs") / "unit"
+    assert yaml.safe_load(recipe_yaml(recipe)) == recipe
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -115,7 +116,7 @@ def test_assembled_recipe_writes_the_form_over_the_base_and_keeps_the_rest(tmp_p
 def test_bad_input_is_one_line_naming_the_field(tmp_path, changes, message):
     form = quickstart_form(tmp_path, **changes)
     with pytest.raises(LitFactoryError, match=None) as raised:
-        recipes.assemble_recipe(recipes.load_recipe("quickstart.yaml"), form, REPO)
+        assemble_recipe(recipes.load_recipe("quickstart.yaml"), form, tmp_path)
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
@@ -123,7 +124,7 @@ def test_missing_model_path_is_refused_when_the_recipe_has_no_inline_config(tmp_
     form = recipes.form_from_recipe(recipes.load_recipe("sft/lora.yaml"), run_name="x")
     form.model_path, form.dataset_dir, form.datasets = "", "lit_factory/assets/demo", ["sparrow_sft"]
     with pytest.raises(LitFactoryError, match="model path: empty"):
-        recipes.assemble_recipe(recipes.load_recipe("sft/lora.yaml"), form, REPO)
+        assemble_recipe(recipes.load_recipe("sft/lora.yaml"), form, tmp_path)
 
 
 def test_preview_marks_exactly_the_template_loss_segments():

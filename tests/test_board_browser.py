@@ -1,6 +1,7 @@
 """The board in a real browser: headless Chromium (Debian's package, driven by Playwright) opens the page, fills
 the Train tab, starts a tiny run, watches it finish and saves a screenshot with the loss curve under
-``test-artifacts/``; then switches the page to Chinese and Russian."""
+``test-artifacts/``; opens the typed panels and the preview command, sees a path out of the workspace refused on
+its field, screenshots every tab; then switches the page to Chinese and Russian."""
 
 from __future__ import annotations
 
@@ -42,9 +43,16 @@ def fill(page, elem_id: str, value: str) -> None:
     box.press("Tab")  # gradio reads the value on blur/change
 
 
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose ``option`` in the dropdown ``#elem_id``."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(500)
+
+
 @pytest.mark.slow
 def test_browser_fills_the_train_tab_runs_and_shows_the_loss_curve(tmp_path):
-    process, url = start_board(tmp_path / "server.log")
+    process, url = start_board(tmp_path / "server.log", tmp_path)
     ARTIFACTS.mkdir(exist_ok=True)
     run_dir = tmp_path / "runs" / "browser-run"
     try:
@@ -78,6 +86,32 @@ def test_browser_fills_the_train_tab_runs_and_shows_the_loss_curve(tmp_path):
             assert scroll[1] > scroll[2] and scroll[0] + scroll[2] >= scroll[1] - 5
             assert "step 6 / 6" in page.locator("#progress").inner_text()
             assert page.locator("#recipe_yaml").get_by_text("max_steps: 6").count() >= 1
+
+            # The typed panels: a stage or optimizer shows its own fields; the preview command appears.
+            pick(page, "stage", "DPO")
+            page.locator("#panel_dpo").get_by_text(labels("en")["arg_loss_type"]).wait_for(timeout=30_000)
+            page.locator("#panel_dpo").screenshot(path=str(ARTIFACTS / "board-panel-dpo.png"))
+            pick(page, "optimizer", "GaLore")
+            page.locator("#panel_galore").get_by_text(labels("en")["galore_rank"]).wait_for(timeout=30_000)
+            pick(page, "stage", "PPO")
+            page.locator("#panel_ppo").get_by_text(labels("en")["arg_reward_model"]).wait_for(timeout=30_000)
+            assert not page.locator("#panel_dpo").is_visible()
+            page.locator("#panel_ppo").screenshot(path=str(ARTIFACTS / "board-panel-ppo.png"))
+            pick(page, "stage", "SFT")
+            page.locator("#command_button").click()
+            page.locator("#command").get_by_text("lit-factory fit --config recipes/quickstart.yaml").wait_for(
+                timeout=60_000)
+            assert page.locator("#command").get_by_text("lit_factory.optim.GaLore").count() >= 1
+            page.screenshot(path=str(ARTIFACTS / "board-train-panels.png"), full_page=True)
+            # A path out of the workspace: refused before the handler runs, the message shown on the field.
+            fill(page, "output_dir", "/etc/board-runs")
+            page.locator("#show_button").click()
+            page.get_by_text("is outside the board's workspace").first.wait_for(timeout=30_000)
+            page.locator("#output_dir").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "board-train-refused.png"), full_page=False)
+            assert not Path("/etc/board-runs").exists()
+            fill(page, "output_dir", str(tmp_path / "runs"))
+            pick(page, "optimizer", "AdamW")
 
             for tab in ("chat", "evaluate", "export"):
                 page.get_by_role("tab", name=labels("en")[f"tab_{tab}"]).click()

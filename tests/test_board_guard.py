@@ -65,7 +65,7 @@ def test_live_board_refuses_rebinding_and_requires_its_login(tmp_path):
 
     port = free_port()
     log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "lit_factory", "board", "--port", str(port), "--workdir",
+    process = subprocess.Popen([sys.executable, "-m", "lit_factory", "board", "--port", str(port), "--workspace",
                                 str(tmp_path), "--auth", "alice:s3cret"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -33,12 +33,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_board(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Start ``lit-factory board`` in the repository and wait until it answers."""
+def start_board(log_path: Path, workspace: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``lit-factory board --workspace WORKSPACE`` and wait until it answers."""
     port = free_port()
     log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "-m", "lit_factory", "board", "--port", str(port), "--workdir",
-                                str(REPO)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "lit_factory", "board", "--port", str(port), "--workspace",
+                                str(workspace)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -55,8 +55,8 @@ def start_board(log_path: Path) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory) -> Any:
-    folder = tmp_path_factory.mktemp("board")
-    process, url = start_board(folder / "server.log")
+    folder = tmp_path_factory.mktemp("board")  # the board's workspace; runs go to its runs/
+    process, url = start_board(folder / "server.log", folder)
     client = Client(url, verbose=False)
     client.board_runs = folder / "runs"  # type: ignore[attr-defined]
     yield client
@@ -232,7 +232,7 @@ def test_evaluate_tab_scores_a_runs_output_with_both_benchmarks(board, short_run
     status, run_name, _ = board.predict(model, "", "", "chatml", "lit_factory/assets/demo", ["sparrow_sft"], "4", 8,
                                         str(board.board_runs / "predict"), "en", api_name="/eval_predict")
     assert status.startswith("Started run")
-    run_dir = Path(run_name) if Path(run_name).is_absolute() else REPO / run_name
+    run_dir = board.board_runs.parent / run_name  # run names are relative to the workspace
     results = wait_for(lambda: board.predict(run_name, "en", api_name="/eval_results")[1]["data"], 300,
                        "predict_results.json")
     metrics = {name: value for name, value in results}
@@ -245,13 +245,14 @@ def test_evaluate_tab_scores_a_runs_output_with_both_benchmarks(board, short_run
 
 
 @pytest.mark.slow
-def test_export_tab_merges_an_adapter_into_the_base(board, short_run, tmp_path):
+def test_export_tab_merges_an_adapter_into_the_base(board, short_run):
     pytest.importorskip("lit_factory.model.export", reason="the Export tab appears with lit_factory.model.export")
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = str(short_run["run_dir"])
+    tmp_path = board.board_runs.parent / "export-test"  # inside the workspace: the board reads and writes only there
     torch.manual_seed(0)
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -272,3 +273,56 @@ def test_export_tab_merges_an_adapter_into_the_base(board, short_run, tmp_path):
     assert not torch.allclose(merged, plain, atol=1e-3)  # the adapter did change the model
     bad = board.predict(base, str(tmp_path / "nothing"), str(tmp_path / "m2"), "auto", "2GB", "en", api_name="/export")
     assert bad.startswith("**Error:**") and "adapter_config.json" in bad
+
+
+@pytest.mark.slow
+def test_panels_set_in_the_page_land_in_the_recipe_and_the_preview_command_runs_as_shown(board):
+    import os
+
+    import yaml
+
+    values = form(board, "quickstart.yaml", run_name="panels", max_steps="4", attn_implementation="eager",
+                  gradient_checkpointing=True, packing=True, optimizer="GaLore", galore_rank=4, logger="csv",
+                  strategy="ddp", devices="2", neftune_alpha=5, rope_scaling="linear")
+    shown, status = board.predict("quickstart.yaml", *values, "en", api_name="/show_recipe")
+    assert status.startswith("The recipe is valid")
+    recipe = yaml.safe_load(shown)
+    model = recipe["model"]["init_args"]["model"]
+    assert (model["attn_implementation"], model["gradient_checkpointing"], model["neftune_alpha"],
+            model["rope_scaling"], model["context_length"]) == ("eager", True, 5.0, "linear", 128)
+    assert recipe["model"]["init_args"]["optimizer"]["class_path"] == "lit_factory.optim.GaLore"
+    assert recipe["model"]["init_args"]["optimizer"]["init_args"]["rank"] == 4
+    assert recipe["data"]["init_args"]["packing"] is True
+    assert recipe["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
+    assert (recipe["trainer"]["strategy"], recipe["trainer"]["devices"]) == ("ddp", "2")
+
+    # The preview command runs as shown (a shell, `lit-factory` on PATH) and resolves to what the recipe says.
+    command, status = board.predict("quickstart.yaml", *values, "en", api_name="/preview_command")
+    assert command.startswith(f"cd {board.board_runs.parent} && lit-factory fit --config recipes/quickstart.yaml ")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    ran = subprocess.run(["bash", "-c", command + " --print_config"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    printed = yaml.safe_load(ran.stdout)
+    assert printed["model"]["init_args"]["model"]["attn_implementation"] == "eager"
+    optimizer = recipe["model"]["init_args"]["optimizer"]
+    printed_optimizer = printed["model"]["init_args"]["optimizer"]
+    assert printed_optimizer["class_path"] == optimizer["class_path"]
+    assert {key: printed_optimizer["init_args"][key] for key in optimizer["init_args"]} == optimizer["init_args"]
+    assert printed["data"]["init_args"]["packing"] is True
+    logger = recipe["trainer"]["logger"]
+    assert printed["trainer"]["logger"]["class_path"] == logger["class_path"]
+    assert {key: printed["trainer"]["logger"]["init_args"][key] for key in logger["init_args"]} == logger["init_args"]
+    assert printed["trainer"]["strategy"] == "ddp"
+
+    # Save the arguments to a YAML in the workspace, load them back: the same form.
+    saved = board.predict("args/panels.yaml", "quickstart.yaml", *values, "en", api_name="/save_args")
+    assert saved == f"Saved the arguments to {board.board_runs.parent / 'args' / 'panels.yaml'}."
+    loaded = board.predict("args/panels.yaml", "en", api_name="/load_args")
+    reloaded = dict(zip(FORM_FIELDS, loaded[1:]))
+    reloaded["datasets"] = reloaded["datasets"]["value"]
+    expected = dict(zip(FORM_FIELDS, values))
+    for name in FORM_FIELDS:
+        if name != "run_name":  # a loaded form gets a fresh run name
+            same_number = isinstance(expected[name], (int, float)) and float(reloaded[name]) == float(expected[name])
+            assert reloaded[name] == expected[name] or same_number, name

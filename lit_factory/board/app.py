@@ -94,7 +94,8 @@ def guarded(outputs: int, status_at: int) -> Callable:
 
 
 def build_app(workdir: str | Path = ".", default_recipe: str = "quickstart.yaml") -> Any:
-    """The board's ``gr.Blocks``; runs start in ``workdir`` (relative recipe paths are relative to it)."""
+    """The board's ``gr.Blocks``; ``workdir`` is its workspace: runs start in it, relative paths are taken from it,
+    and every path the page names must lie in it (``workspace.py``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -151,11 +152,13 @@ def _relabel(ui: Labels, lang: str) -> list[Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``lit-factory board [--host 127.0.0.1] [--port 7860] [--workdir .] [--recipe quickstart.yaml]``."""
+    """``lit-factory board [--host 127.0.0.1] [--port 7860] [--workspace .] [--recipe quickstart.yaml]``."""
     parser = argparse.ArgumentParser(prog="lit-factory board", description="Web UI for fine-tuning runs.")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
-    parser.add_argument("--workdir", default=".", help="folder runs start in; recipe paths are relative to it")
+    parser.add_argument("--workspace", "--workdir", dest="workspace", default=".",
+                        help="the only folder the board reads and writes (runs, outputs, datasets, models, exports; "
+                             "shipped recipes and demo data are readable too); runs start in it (default: here)")
     parser.add_argument("--recipe", default="quickstart.yaml", help="recipe the Train tab starts from")
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (set it when --host is not "
                         "127.0.0.1: anyone who reaches the board can start runs and write files)")
@@ -164,19 +167,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "and this machine's name (repeatable; other Host/Origin headers get 403)")
     args = parser.parse_args(argv)
     auth = parse_auth(args.auth)
-    if not Path(args.workdir).is_dir():
-        raise LitFactoryError(f"--workdir: {args.workdir!r} is not a folder. Fix: give an existing folder.")
+    if not Path(args.workspace).is_dir():
+        raise LitFactoryError(f"--workspace: {args.workspace!r} is not a folder. Fix: give an existing folder.")
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise LitFactoryError("board: gradio is not installed. Fix: pip install 'lit-factory[board]'.") from None
     from starlette.middleware import Middleware
 
-    app = build_app(args.workdir, args.recipe)
-    print(f"lit-factory board on http://{args.host}:{args.port} (Ctrl-C to quit)", flush=True)
+    app = build_app(args.workspace, args.recipe)
+    print(f"lit-factory board on http://{args.host}:{args.port}, workspace {Path(args.workspace).resolve()} "
+          "(Ctrl-C to quit)", flush=True)
     if auth is None and not is_loopback(args.host):
         print(f"lit-factory board: warning: serving on {args.host} without --auth; anyone who reaches it can start "
-              "runs and write files in the workdir", file=sys.stderr, flush=True)
+              "runs and write files in the workspace", file=sys.stderr, flush=True)
     guard = Middleware(HostOriginGuard, allowed_hosts=default_allowed_hosts(args.allowed_host))
     try:
         app.queue(default_concurrency_limit=4).launch(

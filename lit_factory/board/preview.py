@@ -4,7 +4,6 @@ template, the loss-bearing part marked — through the same spec, loader, aligne
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any, Optional
 
 from lit_factory.errors import LitFactoryError
@@ -44,10 +43,12 @@ def render_row(row: dict[str, Any], template: Any, bos: str, eos: str) -> list[t
 
 def preview_datasets(
     dataset_dir: str, names: list[str], tokenizer_path: Optional[str], template_name: str, count: int = 3,
-    workdir: str | Path = ".", pretrain: bool = False, max_samples: Optional[int] = None,
+    workdir: Any = ".", pretrain: bool = False, max_samples: Optional[int] = None,
 ) -> tuple[str, str]:
     """``(summary, html)``: example counts per dataset and the first ``count`` rows of each, rendered.
-    ``max_samples`` cuts each dataset to its first rows before alignment, as the run's pipeline does."""
+    ``max_samples`` cuts each dataset to its first rows before alignment, as the run's pipeline does.
+    ``workdir`` is the board's workspace (a ``Workspace`` or its folder): the dataset folder, the data files its
+    ``dataset_info.json`` names and the tokenizer must lie in it (or be shipped; a hub id for the tokenizer)."""
     from lit_factory.data.align import align_dataset, align_text
     from lit_factory.data.loader import load_dataset_file
     from lit_factory.data.spec import get_dataset_spec
@@ -56,18 +57,24 @@ def preview_datasets(
 
     if not names:
         raise LitFactoryError("datasets: none chosen. Fix: pick at least one dataset to preview.")
-    from lit_factory.board.recipe import in_workdir
+    from lit_factory.board.workspace import Workspace
 
-    folder = in_workdir(workdir, dataset_dir)
+    workspace = workdir if isinstance(workdir, Workspace) else Workspace(workdir)
+    folder = workspace.path(dataset_dir, "dataset folder", "read")
     tokenizer = None
     if tokenizer_path:
-        local = in_workdir(workdir, tokenizer_path)
-        tokenizer = load_tokenizer(str(local) if local.exists() else tokenizer_path)
+        tokenizer = load_tokenizer(workspace.model_source(tokenizer_path, "tokenizer"))
+    if template_name and template_name not in ("auto",) and ("/" in template_name or template_name.endswith(".yaml")):
+        template_name = str(workspace.path(template_name, "template", "read"))
     bos, eos = special_tokens(tokenizer) if tokenizer is not None else ("", "")
     template = None if pretrain else get_template(template_name or "auto", tokenizer)
     summary, blocks = [], []
     for name in names:
         spec = get_dataset_spec(name, folder)
+        # dataset_info.json may name any file ("file_name": "../../secret.json"); read only what lies in the
+        # workspace (or ships with lit-factory).
+        if spec.hub_id is None:
+            workspace.path(spec.path, f"dataset {name!r} file", "read")
         raw = load_dataset_file(spec)
         if max_samples is not None and max_samples < len(raw):
             raw = raw.select(range(max_samples))

@@ -1,33 +1,34 @@
-"""Recipe assembly for the board: a recipe from ``recipes/`` plus the Train tab's fields -> the recipe a run uses.
+"""The Train tab's form and the recipes it starts from: ``TrainForm`` (every field, in the page's order), the
+shipped recipes to pick, and :func:`form_from_recipe`, which fills the form from a recipe.
 
-Recipes are the single source of defaults: the form starts from a recipe's values, and the assembled recipe is
-that recipe with the fields the form shows overwritten, so options the form does not show (precision details,
-an inline model config, gradient clipping) pass through unchanged. The result is plain YAML that
-``lit-factory fit --config`` runs as is.
+Recipes are the single source of defaults: the form starts from a recipe's values (or, where the recipe says
+nothing, the class signature's defaults), and ``assemble.assemble_recipe`` writes the form back over that recipe,
+so options the form does not show (precision details, an inline model config, gradient clipping) pass through.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
-import json
-import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from lit_factory.board import panels
+from lit_factory.board.fields import as_list, blank_if_none, dump_options
 from lit_factory.errors import LitFactoryError
 from lit_factory.shipped import list_recipes as shipped_recipes
-from lit_factory.shipped import resolve_shipped_path, shipped_dir
+from lit_factory.shipped import shipped_dir
+
+if TYPE_CHECKING:
+    from lit_factory.board.workspace import Workspace
 
 RECIPES_DIR = shipped_dir("recipes")
-# Stage arguments every stage shares; the others are the stage's own options (shown as YAML in the form).
+# Stage arguments every stage shares; the others are the stage's own options (typed panels, the rest as YAML).
 COMMON_STAGE_ARGS = ("model", "finetuning", "optimizer", "lr_schedule", "warmup_steps")
 # Finetuning arguments with their own fields in the form; the rest go to the method's options YAML.
 FORM_METHOD_ARGS = {"LoRA": ("r", "alpha", "dropout", "target_modules"), "Freeze": ("trainable_layers", "extra_modules")}
 PRECISIONS = ["32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
 LR_SCHEDULES = ["cosine", "linear", "constant"]
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -37,6 +38,13 @@ class TrainForm:
     model_path: str = ""
     tokenizer: str = ""
     template: str = "auto"
+    adapter: str = ""
+    quantization: str = panels.NONE
+    attn_implementation: str = "sdpa"
+    rope_scaling: str = panels.NONE
+    shift_attn: bool = False
+    neftune_alpha: float = 0.0
+    gradient_checkpointing: bool = False
     stage: str = "SFT"
     method: str = "Full"
     lora_r: float = 8
@@ -49,7 +57,15 @@ class TrainForm:
     stage_options: str = ""
     dataset_dir: str = "data"
     datasets: list[str] = None  # type: ignore[assignment]
+    packing: bool = False
+    optimizer: str = "AdamW"
     learning_rate: str = "1e-4"
+    galore_rank: float = 16
+    galore_update_interval: float = 200
+    galore_scale: float = 2.0
+    galore_target_modules: str = "all"
+    badam_switch_every: float = 50
+    badam_order: str = "ascending"
     lr_schedule: str = "cosine"
     warmup_steps: str = "0"
     max_epochs: str = ""
@@ -61,14 +77,26 @@ class TrainForm:
     max_samples: str = ""
     precision: str = "32-true"
     log_every_n_steps: float = 10
+    devices: str = "auto"
+    strategy: str = "auto"
+    logger: str = "tensorboard"
     output_dir: str = "runs/board"
     run_name: str = ""
+    # The preference stages' typed panels (``panels.STAGE_PANELS``): ``dpo_beta``, ``kto_desirable_weight``,
+    # ``ppo_reward_model``...; filled from the recipe or the stage's signature by ``form_from_recipe``.
+    stage_panels: dict[str, Any] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.datasets = list(self.datasets or [])
+        self.stage_panels = dict(self.stage_panels or {})
+
+    def panel(self, name: str) -> Any:
+        """The value of a stage panel field (``dpo_beta``)."""
+        return self.stage_panels.get(name)
 
 
-FORM_FIELDS = [f.name for f in fields(TrainForm)]
+# The page passes the stage panels as fields of their own, after the others.
+FORM_FIELDS = [f.name for f in fields(TrainForm) if f.name != "stage_panels"] + panels.STAGE_FIELDS
 
 
 def list_recipes() -> list[str]:
@@ -77,11 +105,23 @@ def list_recipes() -> list[str]:
     return shipped_recipes(include_methods=False)
 
 
-def load_recipe(name: str) -> dict[str, Any]:
-    """The recipe ``recipes/<name>`` (or a path to any recipe YAML) as a dict."""
+def is_shipped_recipe(name: str) -> bool:
+    """Whether ``name`` names a recipe under the shipped ``recipes/`` (relative, no ``..``)."""
+    relative = Path(name)
+    return not relative.is_absolute() and ".." not in relative.parts and (RECIPES_DIR / relative).is_file()
+
+
+def load_recipe(name: str, workspace: Optional["Workspace"] = None) -> dict[str, Any]:
+    """The shipped recipe ``recipes/<name>``, or a recipe YAML at a path (inside ``workspace`` when given: the
+    board's saved arguments), as a dict."""
     import yaml
 
-    path = Path(name) if Path(name).is_file() else RECIPES_DIR / name
+    if is_shipped_recipe(name):
+        path = RECIPES_DIR / name
+    elif workspace is not None:
+        path = workspace.path(name, "recipe", "read")
+    else:
+        path = Path(name)
     if not path.is_file():
         raise LitFactoryError(f"recipe {name!r}: no such file in {RECIPES_DIR}. Fix: pick one of {list_recipes()}.")
     recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -143,13 +183,6 @@ def _class_name(section: Any, default: str) -> str:
     return default
 
 
-def dump_options(options: dict[str, Any]) -> str:
-    """Options as the ``key: value`` YAML lines the form's options fields hold."""
-    import yaml
-
-    return yaml.safe_dump(options, sort_keys=False).strip() if options else ""
-
-
 def form_from_recipe(recipe: dict[str, Any], run_name: str = "") -> TrainForm:
     """The Train tab's fields filled with a recipe's values (fields the recipe leaves out keep the form's own)."""
     stage_args = recipe["model"].get("init_args", {}) or {}
@@ -157,37 +190,43 @@ def form_from_recipe(recipe: dict[str, Any], run_name: str = "") -> TrainForm:
     finetuning = stage_args.get("finetuning") or {}
     method = _class_name(finetuning, "Full")
     method_args = {**method_defaults(method), **(finetuning.get("init_args") or {})}
-    optimizer_args = (stage_args.get("optimizer") or {}).get("init_args", {}) or {}
     data_args = (recipe.get("data") or {}).get("init_args", {}) or {}
     trainer = recipe.get("trainer") or {}
     logger = trainer.get("logger") or {}
     logger_args = logger.get("init_args", {}) if isinstance(logger, dict) else {}
+    stage = _class_name(recipe["model"], "SFT")
+    typed = panels.STAGE_PANELS.get(stage, ())
     form = TrainForm(
         model_path=model_args.get("path") or "",
         tokenizer=model_args.get("tokenizer") or "",
         template=str(data_args.get("template", "auto")),
-        stage=_class_name(recipe["model"], "SFT"),
+        **panels.read_model_options(model_args),
+        stage=stage,
         method=method,
         method_options=dump_options(
             {k: v for k, v in method_args.items() if k not in FORM_METHOD_ARGS.get(method, ())}
         ),
-        stage_options=dump_options({k: v for k, v in stage_args.items() if k not in COMMON_STAGE_ARGS}),
+        stage_options=dump_options({k: v for k, v in stage_args.items()
+                                    if k not in COMMON_STAGE_ARGS and k not in typed}),
         dataset_dir=str(data_args.get("dataset_dir", "data")),
-        datasets=_as_list(data_args.get("dataset", [])),
-        learning_rate=str(optimizer_args.get("lr", "1e-3")),
+        datasets=as_list(data_args.get("dataset", [])),
+        packing=bool(data_args.get("packing", False)),
+        **panels.read_optimizer(stage_args.get("optimizer") or {}),
         lr_schedule=str(stage_args.get("lr_schedule", "cosine")),
         warmup_steps=str(stage_args.get("warmup_steps", 0)),
-        max_epochs=_blank_if_none(trainer.get("max_epochs")),
-        max_steps=_blank_if_none(None if trainer.get("max_steps", -1) == -1 else trainer.get("max_steps")),
+        max_epochs=blank_if_none(trainer.get("max_epochs")),
+        max_steps=blank_if_none(None if trainer.get("max_steps", -1) == -1 else trainer.get("max_steps")),
         batch_size=data_args.get("batch_size", 4),
         grad_accum=trainer.get("accumulate_grad_batches", 1),
         cutoff_len=data_args.get("cutoff_len", 1024),
         val_size=str(data_args.get("val_size", 0)),
-        max_samples=_blank_if_none(data_args.get("max_samples")),
+        max_samples=blank_if_none(data_args.get("max_samples")),
         precision=str(trainer.get("precision", "32-true")),
         log_every_n_steps=trainer.get("log_every_n_steps", 50),
+        **panels.read_trainer(trainer),
         output_dir=str(Path(logger_args.get("save_dir", "runs")) / logger_args.get("name", "board")),
         run_name=run_name,
+        stage_panels=panels.read_stage_panels(stage, stage_args),
     )
     if method == "LoRA":
         form.lora_r, form.lora_alpha, form.lora_dropout = method_args["r"], method_args["alpha"], method_args["dropout"]
@@ -199,256 +238,32 @@ def form_from_recipe(recipe: dict[str, Any], run_name: str = "") -> TrainForm:
     return form
 
 
-def _as_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return [str(part) for part in value or []]
-
-
-def _blank_if_none(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-# ---- reading the form's text fields -------------------------------------------------------------------------------
-def parse_number(label: str, text: Any, kind: type = float, minimum: Optional[float] = None) -> Any:
-    """A form field as ``kind`` (``int`` or ``float``), at least ``minimum``; a one-line error naming ``label``."""
-    try:
-        value = kind(float(str(text).strip())) if kind is int else kind(str(text).strip())
-    except (TypeError, ValueError):
-        raise LitFactoryError(f"{label}: {text!r} is not a number. Fix: type a number such as 3e-4.") from None
-    if kind is int and float(str(text).strip()) != value:
-        raise LitFactoryError(f"{label}: {text!r} is not a whole number. Fix: type an integer.")
-    if minimum is not None and value < minimum:
-        raise LitFactoryError(f"{label}: {value} is below {minimum}. Fix: type a larger value.")
-    return value
-
-
-def parse_optional_int(label: str, text: Any, minimum: int = 1) -> Optional[int]:
-    """An optional whole-number field: ``None`` when left empty."""
-    return None if text is None or str(text).strip() == "" else parse_number(label, text, int, minimum)
-
-
-def _options(label: str, text: str) -> dict[str, Any]:
-    import yaml
-
-    if not (text or "").strip():
-        return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise LitFactoryError(f"{label}: not valid YAML ({str(err).splitlines()[0]}). Fix: write `key: value` lines.") from None
-    if not isinstance(value, dict):
-        raise LitFactoryError(f"{label}: must be `key: value` lines (a mapping), got {type(value).__name__}.")
-    return value
-
-
-def in_workdir(workdir: str | Path, path: str) -> Path:
-    """A path the form names, as the run (started in ``workdir``) will read it: relative to ``workdir``, or the
-    copy shipped with lit-factory (``lit_factory/assets/demo``...) when the workdir has none."""
-    given = Path(path).expanduser()
-    if given.is_absolute():
-        return given
-    local = Path(workdir) / given
-    return local if local.exists() else Path(resolve_shipped_path(str(given)))
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
-
-
-def _check_model_path(path: str, workdir: Path) -> None:
-    if in_workdir(workdir, path).is_dir():
-        return
-    if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
-        raise LitFactoryError(
-            f"model path: {path!r} is not a folder and not a hub id (org/name). Fix: give the folder of a "
-            "Hugging Face model or its hub id."
-        )
-
-
-def assemble_recipe(base: dict[str, Any], form: TrainForm, workdir: str | Path = ".") -> dict[str, Any]:
-    """The recipe a run uses: ``base`` with the form's fields written in. Raises ``LitFactoryError`` on bad input.
-
-    ``workdir`` is the folder the run starts in (relative paths in the recipe are relative to it).
-    """
-    workdir = Path(workdir)
-    recipe = copy.deepcopy(base)
-    stages, methods = available_stages(), available_methods()
-    if form.stage not in stages:
-        raise LitFactoryError(f"stage: {form.stage!r} is unknown. Fix: pick one of {stages}.")
-    if form.method not in methods:
-        raise LitFactoryError(f"fine-tuning method: {form.method!r} is unknown. Fix: pick one of {methods}.")
-
-    stage_section = recipe["model"]
-    stage_section["class_path"] = f"lit_factory.stages.{form.stage}"
-    old_args = stage_section.get("init_args") or {}
-    stage_args = {k: v for k, v in old_args.items() if k in COMMON_STAGE_ARGS}
-    stage_args.update(_options("stage options", form.stage_options))
-
-    model_args = dict(old_args.get("model") or {})
-    model_path, tokenizer = (form.model_path or "").strip(), (form.tokenizer or "").strip()
-    if model_path:
-        _check_model_path(model_path, workdir)
-        model_args.pop("config", None)
-        model_args["path"] = model_path
-    elif model_args.get("config"):
-        model_args.pop("path", None)  # the recipe's inline config builds a random model (tests, quickstart)
-    else:
-        raise LitFactoryError("model path: empty. Fix: give the folder or hub id of the model to fine-tune.")
-    if tokenizer:
-        model_args["tokenizer"] = tokenizer
-    else:
-        model_args.pop("tokenizer", None)
-        if "config" in model_args:
-            raise LitFactoryError("tokenizer: a model built from the recipe's inline config needs a tokenizer path.")
-    stage_args["model"] = model_args
-
-    method_args = _options("method options", form.method_options)
-    if form.method == "LoRA":
-        targets = _names(form.lora_targets) or ["all"]
-        method_args.update(
-            r=parse_number("LoRA rank", form.lora_r, int, 1),
-            alpha=parse_number("LoRA alpha", form.lora_alpha, float, 0),
-            dropout=parse_number("LoRA dropout", form.lora_dropout, float, 0),
-            target_modules=targets[0] if targets == ["all"] else targets,
-        )
-    elif form.method == "Freeze":
-        method_args.update(trainable_layers=parse_number("trainable layers", form.freeze_layers, int, 1),
-                           extra_modules=_names(form.freeze_extra))
-    known = method_defaults(form.method)
-    unknown = sorted(set(method_args) - set(known))
-    if unknown:
-        raise LitFactoryError(
-            f"method options: {form.method} has no option(s) {unknown}. Fix: use some of {sorted(known)}."
-        )
-    stage_args["finetuning"] = {"class_path": f"lit_factory.model.{form.method}"}
-    if method_args:
-        stage_args["finetuning"]["init_args"] = method_args
-
-    optimizer = dict(stage_args.get("optimizer") or {"class_path": "torch.optim.AdamW"})
-    optimizer["init_args"] = {**(optimizer.get("init_args") or {}),
-                              "lr": parse_number("learning rate", form.learning_rate, float, 0)}
-    stage_args["optimizer"] = optimizer
-    if form.lr_schedule not in LR_SCHEDULES:
-        raise LitFactoryError(f"LR schedule: {form.lr_schedule!r} is unknown. Fix: pick one of {LR_SCHEDULES}.")
-    stage_args["lr_schedule"] = form.lr_schedule
-    warmup = parse_number("warmup steps", form.warmup_steps, float, 0)
-    stage_args["warmup_steps"] = int(warmup) if warmup >= 1 and warmup == int(warmup) else warmup
-    stage_section["init_args"] = stage_args
-
-    recipe["data"] = _data_section(recipe.get("data") or {}, form, workdir)
-    recipe["trainer"] = _trainer_section(recipe.get("trainer") or {}, form)
-    return recipe
-
-
-def _data_section(data: dict[str, Any], form: TrainForm, workdir: Path) -> dict[str, Any]:
-    data = copy.deepcopy(data)
-    data.setdefault("class_path", "lit_factory.data.DataModule")
-    args = dict(data.get("init_args") or {})
-    dataset_dir = (form.dataset_dir or "").strip()
-    if not dataset_dir:
-        raise LitFactoryError("dataset folder: empty. Fix: give the folder that holds dataset_info.json.")
-    folder = in_workdir(workdir, dataset_dir)
-    known = dataset_names(str(folder))
-    chosen = list(form.datasets or [])
-    if not chosen:
-        raise LitFactoryError(f"datasets: none chosen. Fix: pick at least one of {known}.")
-    missing = [name for name in chosen if name not in known]
-    if missing:
-        raise LitFactoryError(
-            f"datasets: {missing} not in {folder / 'dataset_info.json'}. Fix: pick from {known}."
-        )
-    templates = available_templates()
-    template = (form.template or "auto").strip()
-    if template not in templates and not Path(template).is_file():
-        raise LitFactoryError(f"template: {template!r} is unknown. Fix: pick one of {templates}.")
-    args.update(
-        dataset_dir=dataset_dir,
-        dataset=chosen,
-        template=template,
-        cutoff_len=parse_number("cutoff length", form.cutoff_len, int, 1),
-        batch_size=parse_number("batch size", form.batch_size, int, 1),
-    )
-    val_size = parse_number("validation size", form.val_size or 0, float, 0)
-    args["val_size"] = int(val_size) if val_size >= 1 or val_size == 0 else val_size
-    max_samples = parse_optional_int("max samples", form.max_samples)
-    if max_samples is None:
-        args.pop("max_samples", None)
-    else:
-        args["max_samples"] = max_samples
-    data["init_args"] = args
-    return data
-
-
-def _trainer_section(trainer: dict[str, Any], form: TrainForm) -> dict[str, Any]:
-    trainer = copy.deepcopy(trainer)
-    max_epochs = parse_optional_int("epochs", form.max_epochs)
-    max_steps = parse_optional_int("max steps", form.max_steps)
-    if max_epochs is None and max_steps is None:
-        raise LitFactoryError("epochs / max steps: both empty. Fix: set how long to train (one of them or both).")
-    trainer.pop("max_epochs", None)
-    trainer.pop("max_steps", None)
-    if max_epochs is not None:
-        trainer["max_epochs"] = max_epochs
-    if max_steps is not None:
-        trainer["max_steps"] = max_steps
-    if form.precision not in PRECISIONS:
-        raise LitFactoryError(f"precision: {form.precision!r} is unknown. Fix: pick one of {PRECISIONS}.")
-    trainer["precision"] = form.precision
-    trainer["accumulate_grad_batches"] = parse_number("gradient accumulation", form.grad_accum, int, 1)
-    trainer["log_every_n_steps"] = parse_number("log every n steps", form.log_every_n_steps, int, 1)
-    run_name = (form.run_name or "").strip()
-    output_dir = Path((form.output_dir or "").strip() or ".")
-    if not run_name or "/" in run_name or run_name in (".", ".."):
-        raise LitFactoryError(f"run name: {run_name!r} must be a non-empty folder name. Fix: e.g. board-1.")
-    if not str(form.output_dir or "").strip():
-        raise LitFactoryError("output folder: empty. Fix: give a folder for runs, e.g. runs/board.")
-    # The run's folder is exactly <output_dir>/<run_name>: the board knows where events and checkpoints land.
-    trainer["logger"] = {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": str(output_dir.parent), "name": output_dir.name, "version": run_name},
-    }
-    log_dir = str(output_dir / run_name)
-    callbacks = [c for c in _as_callbacks(trainer.get("callbacks"))
-                 if _class_name(c, "") not in ("ProgressFile", "StopCheckpoint")]
-    callbacks += [
-        # The board's progress bar reads this file (step, total, timing) while the run trains.
-        {"class_path": "lit_factory.board.progress.ProgressFile"},
-        # Stop sends SIGINT; this then saves checkpoints/last.ckpt, which Resume continues from with
-        # `--ckpt_path last` (Lightning looks for last*.ckpt beside the run's ModelCheckpoint).
-        {"class_path": "lit_factory.board.progress.StopCheckpoint",
-         "init_args": {"dirpath": f"{log_dir}/checkpoints"}},
-    ]
-    # Besides the stop checkpoint, the regular ones (a kill or OOM keeps the newest), unless the recipe has its own.
-    if trainer.get("enable_checkpointing", True) is not False and not any(
-            _class_name(c, "") in ("ModelCheckpoint", "PeriodicCheckpoint") for c in callbacks):
-        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"dirpath": f"{log_dir}/checkpoints", "save_last": True,
-                                        "enable_version_counter": False}})  # Resume updates last.ckpt, not -v1
-    trainer["callbacks"] = callbacks
-    return trainer
-
-
-def _as_callbacks(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
-
-
-def run_dir(recipe: dict[str, Any]) -> Path:
-    """The folder a recipe assembled here writes its run to (``<save_dir>/<name>/<version>``)."""
-    args = recipe["trainer"]["logger"]["init_args"]
-    return Path(args["save_dir"]) / args["name"] / str(args["version"])
-
-
-def recipe_yaml(recipe: dict[str, Any]) -> str:
-    """The recipe as the YAML file the run reads."""
-    import yaml
-
-    header = "# lit-factory recipe written by the board; repeat the run with: lit-factory fit --config <this file>\n"
-    return header + yaml.safe_dump(json.loads(json.dumps(recipe)), sort_keys=False, allow_unicode=True)
-
-
 def form_values(form: TrainForm) -> list[Any]:
     """The form as the list of values the page's fields hold, in ``FORM_FIELDS`` order."""
-    return [asdict(form)[name] for name in FORM_FIELDS]
+    values = asdict(form)
+    return [form.stage_panels[name] if name in form.stage_panels else values[name] for name in FORM_FIELDS]
+
+
+def read_form(values: Any) -> TrainForm:
+    """The form from the page's values (``FORM_FIELDS`` order)."""
+    given = dict(zip(FORM_FIELDS, values))
+    typed = {name: given.pop(name) for name in panels.STAGE_FIELDS if name in given}
+    return TrainForm(**given, stage_panels=typed)
+
+
+def hub_ids_in_recipes() -> list[str]:
+    """The hub ids the shipped recipes train (the model picker offers them beside the workspace's folders)."""
+    import yaml
+
+    from lit_factory.board.workspace import HUB_ID
+
+    found = []
+    for name in list_recipes():
+        try:
+            recipe = yaml.safe_load((RECIPES_DIR / name).read_text(encoding="utf-8"))
+            path = recipe["model"]["init_args"]["model"]["path"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            continue
+        if isinstance(path, str) and HUB_ID.match(path) and not path.startswith("runs/") and path not in found:
+            found.append(path)
+    return found

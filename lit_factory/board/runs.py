@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_factory.board.progress import PROGRESS_FILE
+from lit_factory.board.workspace import Workspace
 from lit_factory.errors import LitFactoryError
 
 RECIPE_FILE = "recipe.yaml"
@@ -61,16 +62,17 @@ def _progress(log_dir: Path) -> dict[str, Any]:
 
 
 class RunManager:
-    """Launches runs in ``workdir`` and keeps the ones this board started or was asked to watch."""
+    """Launches runs in the workspace ``workdir`` and keeps the ones this board started or was asked to watch; every
+    run folder lies inside the workspace."""
 
-    def __init__(self, workdir: str | Path = ".") -> None:
-        self.workdir = Path(workdir).resolve()
+    def __init__(self, workdir: str | Path | Workspace = ".") -> None:
+        self.workspace = workdir if isinstance(workdir, Workspace) else Workspace(workdir)
+        self.workdir = self.workspace.root
         self.runs: dict[str, Run] = {}
         self._lock = threading.Lock()
 
-    def _abs(self, path: str | Path) -> Path:
-        path = Path(path)
-        return path if path.is_absolute() else self.workdir / path
+    def _abs(self, path: str | Path, what: str = "run folder") -> Path:
+        return self.workspace.path(path, what, "inside")
 
     def run_name(self, folder: Path) -> str:
         """A run is named by its folder, relative to the working directory when inside it."""
@@ -141,6 +143,8 @@ class RunManager:
         found = [*root.glob("**/config.json"), *root.glob("**/adapter_config.json")] if root.is_dir() else []
         for output in sorted(found):
             run_dir = output.parent
+            if not self.workspace.contains(run_dir):  # a symlink out of the workspace
+                continue
             hidden = any(part.startswith(".") for part in run_dir.relative_to(root).parts)  # staging folders
             if not hidden and any((run_dir / name).is_file() for name in RUN_CONFIG_FILES):
                 name = self.run_name(run_dir)
@@ -232,10 +236,11 @@ def log_tail(run: Run, lines: int = 40) -> str:
 
 
 def loss_curve(log_dir: Path) -> list[tuple[int, float, str]]:
-    """``(step, value, series)`` points of ``train/loss`` and ``val/loss`` from the run's TensorBoard events."""
+    """``(step, value, series)`` points of ``train/loss`` and ``val/loss`` from the run's TensorBoard events, or
+    from its ``metrics.csv`` (a run with the CSV logger)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    points = []
+    points = _csv_points(log_dir / "metrics.csv")
     # One accumulator per events file: a resumed run appends a second file to the same folder.
     for events in sorted(log_dir.glob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
@@ -248,3 +253,17 @@ def loss_curve(log_dir: Path) -> list[tuple[int, float, str]]:
     for step, value, tag in points:  # a step logged twice (resume replays it) keeps its newest value
         latest[(tag, step)] = value
     return sorted(((step, value, tag) for (tag, step), value in latest.items()), key=lambda p: (p[2], p[0]))
+
+
+def _csv_points(path: Path) -> list[tuple[int, float, str]]:
+    """``train/loss`` and ``val/loss`` rows of Lightning's ``CSVLogger`` file (one column per metric; empty cells
+    where a row logs other metrics)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return []
+    return [(int(row["step"]), float(row[tag]), tag) for row in rows for tag in ("train/loss", "val/loss")
+            if row.get(tag) not in (None, "") and row.get("step") not in (None, "")]

@@ -7,7 +7,6 @@ Generation goes through ``lit_factory.infer.engine.ChatEngine`` — the same tem
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 from lit_factory.board import recipe as recipes
@@ -103,8 +102,8 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
 
         if not (path or "").strip():
             raise LitFactoryError("model path: empty. Fix: give a model folder or hub id, or pick a run.")
-        args = ModelArgs(path=local_path(manager, path), adapter=local_path(manager, adapter_dir) or None,
-                         tokenizer=local_path(manager, tokenizer_dir) or None)
+        args = ModelArgs(path=local_path(manager, path), adapter=local_folder(manager, adapter_dir) or None,
+                         tokenizer=local_path(manager, tokenizer_dir, "tokenizer") or None)
         loaded.clear()
         loaded["engine"] = ChatEngine.load(args, template_name or "auto", device="auto")
         loaded["label"] = path + (f" + {adapter_dir}" if adapter_dir else "")
@@ -134,7 +133,9 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     refresh.click(lambda: gr.update(choices=manager.discover()), None, run_pick, api_name=False)
     run_pick.focus(lambda: gr.update(choices=manager.discover()), None, run_pick, api_name=False)
     run_pick.change(use_run, [run_pick, lang], [model_path, adapter, tokenizer, status], api_name="chat_use_run")
-    load_button.click(load, [model_path, adapter, tokenizer, template, lang], status, api_name="chat_load")
+    load_button.click(load, [model_path, adapter, tokenizer, template, lang], status, api_name="chat_load",
+                      validator=manager.workspace.validator(
+                          [(position, word(key), kind) for position, (key, kind) in enumerate(MODEL_INPUT_CHECKS)]))
     unload_button.click(unload, lang, status, api_name="chat_unload")
     chat_inputs = [message, chatbot, system, max_new_tokens, temperature, top_p, lang]
     send.click(respond, chat_inputs, [chatbot, message, status], api_name="chat")
@@ -142,11 +143,20 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     clear.click(lambda: ([], ""), None, [chatbot, status], api_name=False)
 
 
-def local_path(manager: RunManager, value: str) -> str:
-    """A path relative to the board's working directory made absolute; a hub id (or nothing) as given."""
+def local_path(manager: RunManager, value: str, what: str = "model path") -> str:
+    """A model or tokenizer the page names: its folder in the workspace (resolved), or a hub id as given; a path
+    outside the workspace is refused (``OutsideWorkspace``)."""
+    return manager.workspace.model_source(value, what)
+
+
+def local_folder(manager: RunManager, value: str, what: str = "adapter folder") -> str:
+    """An adapter (or other) folder the page names, resolved inside the workspace; empty stays empty."""
     value = (value or "").strip()
-    local = recipes.in_workdir(manager.workdir, value)
-    return str(local) if value and local.exists() else value
+    return str(manager.workspace.path(value, what, "read")) if value else ""
+
+
+# Inputs of the model loaders that name paths: (locale key of the label, workspace kind), by position.
+MODEL_INPUT_CHECKS = (("chat_model", "model"), ("chat_adapter", "read"), ("tokenizer", "model"))
 
 
 def _content(value: Any) -> str:

@@ -16,7 +16,7 @@ def build_export_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     import gradio as gr
 
     from lit_factory.board.app import guarded
-    from lit_factory.board.tabs.chat import local_path, run_output
+    from lit_factory.board.tabs.chat import local_folder, local_path, run_output
 
     word = ui.word
     with gr.Row():
@@ -43,11 +43,13 @@ def build_export_tab(ui: Any, manager: RunManager, lang: Any) -> None:
             raise LitFactoryError("model path: empty. Fix: give the base model folder (or pick a run).")
         if not (folder or "").strip():
             raise LitFactoryError("export folder: empty. Fix: give the folder to write the merged model to.")
-        target = manager.workdir / folder.strip()  # an absolute folder stays as given
-        saved = export_model(local_path(manager, path), str(target), adapter=local_path(manager, adapter_dir) or None,
+        target = manager.workspace.path(folder, "export folder", "inside")
+        saved = export_model(local_path(manager, path), str(target), adapter=local_folder(manager, adapter_dir) or None,
                              dtype=dtype_name, max_shard_size=(max_shard or "2GB").strip())
         return text(lang_code, "msg_exported", path=saved)
 
     run_pick.focus(lambda: gr.update(choices=manager.discover()), None, run_pick, api_name=False)
     run_pick.change(use_run, [run_pick, lang], [model, adapter, status], api_name="export_use_run")
-    export_button.click(export, [model, adapter, output, dtype, shard, lang], status, api_name="export")
+    checks = [(0, word("chat_model"), "model"), (1, word("chat_adapter"), "read"), (2, word("export_dir"), "inside")]
+    export_button.click(export, [model, adapter, output, dtype, shard, lang], status, api_name="export",
+                        validator=manager.workspace.validator(checks))
