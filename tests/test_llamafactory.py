@@ -27,13 +27,10 @@ UNSUPPORTED_EXAMPLES = {
     "extras/fp8/llama3_fp8_deepspeed_sft.yaml": "fp8", "extras/fp8/llama3_fp8_fsdp_sft.yaml": "fsdp",
     "extras/galore/llama3_full_sft.yaml": "galore_layerwise", "extras/mod/llama3_full_sft.yaml": "mixture_of_depths",
     "extras/muon/qwen2_full_sft.yaml": "use_muon", "extras/nlg_eval/llama3_lora_predict.yaml": "do_predict",
-    "extras/oft/llama3_oft_sft.yaml": "finetuning_type", "extras/oft/qwen2_5vl_oft_sft.yaml": "image_max_pixels",
+    "extras/oft/llama3_oft_sft.yaml": "finetuning_type", "extras/oft/qwen2_5vl_oft_sft.yaml": "finetuning_type",
     "extras/qoft/llama3_oft_sft_awq.yaml": "finetuning_type", "extras/qoft/llama3_oft_sft_bnb_npu.yaml": "finetuning_type",
     "extras/qoft/llama3_oft_sft_gptq.yaml": "finetuning_type", "merge_lora/qwen3_gptq.yaml": "export_quantization_bit",
-    "train_full/mossvl_full_sft.yaml": "image_max_pixels", "train_full/qwen3vl_full_sft.yaml": "image_max_pixels",
-    "train_lora/mossvl_lora_sft.yaml": "image_max_pixels", "train_lora/qwen3_lora_sft_ray.yaml": "ray_num_workers",
-    "train_lora/qwen3_preprocess.yaml": "tokenized_path", "train_lora/qwen3vl_lora_dpo.yaml": "image_max_pixels",
-    "train_lora/qwen3vl_lora_sft.yaml": "image_max_pixels",
+    "train_lora/qwen3_lora_sft_ray.yaml": "ray_num_workers", "train_lora/qwen3_preprocess.yaml": "tokenized_path",
 }
 
 

@@ -47,17 +47,19 @@ NO_EFFECT = {
     "run_name": "the run is named by output_dir",
     "save_strategy": "checkpoints follow save_steps",
     "finetuning_type": "inference and export apply adapter_name_or_path when it is given",
+    **{key: "video and audio input are not supported yet (image-text data is; rows with videos or audios stop "
+            "with an error)" for key in ("video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen",
+                                         "use_audio_in_video", "audio_sampling_rate")},
 }
 # LLaMA-Factory features we lack: key -> its default. Set to anything else they stop the translation.
 UNSUPPORTED = {
     "use_apollo": False, "use_adam_mini": False, "use_muon": False, "use_dft_loss": False, "use_asft_loss": False,
     "use_eaft_loss": False, "mixture_of_depths": None, "fp8": False, "fsdp": "", "ray_num_workers": 1,
-    "tokenized_path": None, "eval_dataset": None, "freeze_multi_modal_projector": True, "freeze_language_model": False,
+    "tokenized_path": None, "eval_dataset": None, "freeze_language_model": False,
     "use_unsloth": False, "enable_liger_kernel": False, "do_predict": False, "predict_with_generate": False,
     "ref_model": None, "galore_layerwise": False, "export_quantization_bit": None, "upcast_layernorm": False,
     "ppo_score_norm": False, "ppo_buffer_size": 1, "create_new_adapter": False, "disable_shuffling": False,
-    "resume_from_checkpoint": None, "moe_aux_loss_coef": None, "image_max_pixels": None, "video_max_pixels": None,
-    "video_fps": None, "video_maxlen": None, "pissa_convert": True, "enable_thinking": True, "default_system": None,
+    "resume_from_checkpoint": None, "moe_aux_loss_coef": None, "pissa_convert": True, "enable_thinking": True, "default_system": None,
     "tool_format": None,
 }
 # Options that only count while their feature is on: (key pattern, is the feature on?, what switches it on).
@@ -89,7 +91,6 @@ UNSUPPORTED_HINTS = {
     "resume_from_checkpoint": "pass --ckpt_path to lit-factory fit",
     "eval_dataset": "use val_size",
     "do_predict": "use lit-factory predict with a recipe (recipes/predict/)",
-    "image_max_pixels": "multimodal data is not supported yet",
 }
 
 
@@ -280,9 +281,13 @@ def _model_args(keys: _Keys) -> dict[str, Any]:
     noise = keys.take("neftune_noise_alpha", None, "model.init_args.model.neftune_alpha")
     if noise:
         model["neftune_alpha"] = float(noise)
-    if keys.has("freeze_vision_tower"):
-        model["freeze_vision_tower"] = bool(keys.take("freeze_vision_tower", True,
-                                                      "model.init_args.model.freeze_vision_tower"))
+    # Vision-language models; our defaults are LLaMA-Factory's (vision tower and projector frozen, 32²-768² pixels).
+    for key in ("freeze_vision_tower", "freeze_multi_modal_projector"):
+        if keys.has(key):
+            model[key] = bool(keys.take(key, True, f"model.init_args.model.{key}"))
+    for key in ("image_max_pixels", "image_min_pixels"):
+        if keys.has(key):
+            model[key] = int(keys.take(key, None, f"model.init_args.model.{key}"))
     return model
 
 

@@ -214,17 +214,16 @@ def load_image_processor(path: str, config: Any, min_pixels: int, max_pixels: in
     """A saved model's image processor with the PIL backend; one line when it has none (it needs torchvision)."""
     import importlib.util
 
+    import transformers
     from transformers import AutoImageProcessor
 
     options: dict[str, Any] = {}
     if importlib.util.find_spec("torchvision") is None:
-        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
-
-        backends = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type, {})
-        if isinstance(backends, dict) and "pil" not in backends:
+        declared = _declared_image_processor(path)
+        if declared and not declared.endswith("Pil") and not hasattr(transformers, f"{declared}Pil"):
             raise LitFactoryError(
-                f"model.path: the image processor of {config.model_type!r} ({backends.get('torchvision')}) needs "
-                "torchvision, which is not installed. Fix: pip install torchvision (with a matching torch build)."
+                f"model.path: {path!r} uses the image processor {declared}, which needs torchvision (it has no PIL "
+                "backend), and torchvision is not installed. Fix: pip install torchvision matching your torch."
             )
         options["backend"] = "pil"
     if config.model_type in Qwen2VLImages.model_types:
@@ -234,6 +233,19 @@ def load_image_processor(path: str, config: Any, min_pixels: int, max_pixels: in
     except (OSError, ValueError) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise LitFactoryError(f"model.path: cannot load the image processor of {path!r}: {first_line}") from err
+
+
+def _declared_image_processor(path: str) -> Optional[str]:
+    """The image processor class a local model folder names (``preprocessor_config.json``), if it names one."""
+    import json
+
+    config_file = Path(path, "preprocessor_config.json")
+    if not config_file.is_file():
+        return None
+    try:
+        return json.loads(config_file.read_text()).get("image_processor_type")
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_media(paths: list[str], media_dir: str, where: str) -> list[str]:
