@@ -116,7 +116,7 @@ class ImagePlugin:
 class Qwen2VLImages(ImagePlugin):
     """Qwen2-VL and Qwen2.5-VL: ``<|vision_start|><|image_pad|>*N<|vision_end|>``, N = patches / merge_size²."""
 
-    model_types = ("qwen2_vl", "qwen2_5_vl")
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     image_token = "<|image_pad|>"
 
     @classmethod

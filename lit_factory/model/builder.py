@@ -288,19 +288,14 @@ def build_model(
 def build_media(args: ModelArgs, tokenizer: "PreTrainedTokenizerBase") -> Optional[Any]:
     """The image plugin of a vision-language model (:mod:`lit_factory.data.media`), None for a text-only model.
 
-    A ``path`` whose config cannot be read gives None here: building the model reports that error."""
+    A config that cannot be read gives None here: building the model reports that error."""
     from lit_factory.data.media import build_plugin
     from lit_factory.model.patches import is_vision_language
 
-    if args.config is not None:
-        if "vision_config" not in args.config:
-            return None
+    try:
         config = _load_config(args, tokenizer)
-    else:
-        try:
-            config = _load_config(args, tokenizer)
-        except LitFactoryError:
-            return None
+    except LitFactoryError:
+        return None
     if not is_vision_language(config):
         return None
     return build_plugin(config, tokenizer, args.path, args.image_min_pixels, args.image_max_pixels)
