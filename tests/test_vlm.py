@@ -13,7 +13,7 @@ import torch
 
 from lit_factory.cli import main
 from lit_factory.data import DataModule
-from lit_factory.data.media import IMAGE_PLACEHOLDER, load_images, model_inputs
+from lit_factory.data.media import IMAGE_PLACEHOLDER, image_size, load_images, model_inputs
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Full, LoRA, ModelArgs, build_inference_model, build_model, build_tokenizer
 from lit_factory.model.builder import build_media
@@ -105,6 +105,13 @@ def test_placeholders_expand_to_the_processors_tokens_and_pixels(family, peer_da
         assert torch.equal(batch["image_grid_thw"], reference["image_grid_thw"])
         assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == plugin.image_token_id).long())
     assert "images" not in batch
+
+    # A row is left out when cutoff_len would cut into its image tokens (the model needs every one of them).
+    short = demo_data(peer_data_dir, tokenizer, plugin, cutoff_len=150)
+    assert 0 < len(short.train_set) < len(raw)
+    for row in short.train_set:
+        expected = sum(plugin.num_image_tokens(*image_size(path, "")) for path in row["images"])
+        assert row["input_ids"].count(plugin.image_token_id) == expected
 
 
 def save_base(family: str, directory: Path) -> Path:
@@ -248,7 +255,8 @@ def test_unsupported_families_and_torchvision_only_processors_are_named(tmp_path
     assert type(build_media(ModelArgs(path=str(base)), build_tokenizer(ModelArgs(path=str(base))))).__name__ == \
         "Qwen2VLImages"
     settings = json.loads((base / "preprocessor_config.json").read_text())
-    (base / "preprocessor_config.json").write_text(json.dumps({**settings, "image_processor_type": "Sam2ImageProcessor"}))
+    settings["image_processor_type"] = "Sam2ImageProcessor"  # SAM 2's has no PIL backend
+    (base / "preprocessor_config.json").write_text(json.dumps(settings))
     if importlib.util.find_spec("torchvision") is None:
         with pytest.raises(LitFactoryError, match=r"Sam2ImageProcessor, which needs torchvision"):
             build_media(ModelArgs(path=str(base)), build_tokenizer(ModelArgs(path=str(base))))

@@ -3,7 +3,8 @@
 LLaMA-Factory's ``mm_plugin``, for image-text SFT. A conversation marks each image of its row's ``images`` with an
 ``<image>`` placeholder in the text (LLaMA-Factory's data convention). The plugin of the model's family
 
-* replaces each placeholder by the image's tokens, as the family's Hugging Face processor does: Qwen2-VL writes
+* replaces each placeholder by the image's tokens, as the family's Hugging Face processor does: Qwen2-VL (and
+  Qwen2.5-VL, Qwen3-VL) writes
   ``<|vision_start|>`` + ``<|image_pad|>`` x N + ``<|vision_end|>`` with N = the image's patches (its
   ``image_grid_thw``) / ``merge_size``²; LLaVA writes ``<image>`` x N with N the vision tower's patches (+ its class
   token, less one with the ``default`` feature strategy). The image tokens sit in the user's turn, so they carry no
@@ -13,9 +14,9 @@ LLaMA-Factory's ``mm_plugin``, for image-text SFT. A conversation marks each ima
 
 Why the image processor and not the family's composite processor (``Qwen2VLProcessor``): ours tokenise through the
 chat template to keep exact loss masks, and the video-capable composites cannot even be built without torchvision
-(their video processor needs it), while the ``*ImageProcessorPil`` classes need only PIL. There is no torchvision
-build for a CPU torch here, so image processors load with their PIL backend; an image processor that has no PIL
-backend needs torchvision and is refused in one line.
+(their video processor needs it), while the ``*ImageProcessorPil`` classes need only PIL. Without torchvision (it
+has no build for every CPU torch) image processors load with their PIL backend; one that has no PIL backend is
+refused in one line.
 
 The plugin is chosen by the model (its config's ``model_type``, see ``PLUGINS``), built by the model builder
 (:func:`lit_factory.model.builder.build_media`) and handed to the data module with the tokenizer.
@@ -53,13 +54,10 @@ class ImagePlugin:
 
     def __init__(self, image_processor: Any, tokenizer: Any) -> None:
         self.image_processor = image_processor
-        for token in self.special_tokens():
-            if token not in tokenizer.get_vocab():
-                raise LitFactoryError(
-                    f"model.tokenizer: it has no {token!r} token, which {type(self).__name__} writes for images. "
-                    f"Fix: use the model's own tokenizer, or add it: model.new_special_tokens: {self.special_tokens()}"
-                )
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        vocabulary = tokenizer.get_vocab()
+        # Checked when a row has images: a VLM may still train on text with a tokenizer that lacks them.
+        self.missing_tokens = [token for token in self.special_tokens() if token not in vocabulary]
+        self.image_token_id = vocabulary.get(self.image_token)
 
     # ---- what a family defines ---------------------------------------------------------------------------------
     @classmethod
@@ -75,7 +73,7 @@ class ImagePlugin:
     @classmethod
     def config_token_ids(cls, tokenizer: Any) -> dict[str, int]:
         """Config fields naming the plugin's token ids, from the tokenizer (defaults of an inline config)."""
-        return {"image_token_id": tokenizer.convert_tokens_to_ids(cls.image_token)}
+        return _known_ids(tokenizer, image_token_id=cls.image_token)
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """How many image tokens the model reads for an image of this size."""
@@ -97,6 +95,12 @@ class ImagePlugin:
     def expand(self, messages: list[dict], images: list[str], where: str) -> tuple[list[dict], int]:
         """``messages`` with each ``<image>`` replaced by its image's tokens (one placeholder per image, in order),
         and the number of image tokens written."""
+        if images and self.missing_tokens:
+            raise LitFactoryError(
+                f"{where} has images, but the tokenizer has no {self.missing_tokens} token(s), which "
+                f"{type(self).__name__} writes for them. Fix: use the model's own tokenizer, or add them: "
+                f"model.new_special_tokens: {self.special_tokens()}"
+            )
         found = sum(message["content"].count(IMAGE_PLACEHOLDER) for message in messages)
         if found != len(images):
             raise LitFactoryError(
@@ -114,7 +118,7 @@ class ImagePlugin:
 
 
 class Qwen2VLImages(ImagePlugin):
-    """Qwen2-VL and Qwen2.5-VL: ``<|vision_start|><|image_pad|>*N<|vision_end|>``, N = patches / merge_size²."""
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: ``<|vision_start|><|image_pad|>*N<|vision_end|>``, N = patches / merge_size²."""
 
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
     image_token = "<|image_pad|>"
@@ -125,8 +129,8 @@ class Qwen2VLImages(ImagePlugin):
 
     @classmethod
     def config_token_ids(cls, tokenizer: Any) -> dict[str, int]:
-        start, image, end = tokenizer.convert_tokens_to_ids(cls.special_tokens())
-        return {"image_token_id": image, "vision_start_token_id": start, "vision_end_token_id": end}
+        return _known_ids(tokenizer, image_token_id=cls.image_token, vision_start_token_id="<|vision_start|>",
+                          vision_end_token_id="<|vision_end|>")
 
     @classmethod
     def image_processor_from_config(cls, config: Any, min_pixels: int, max_pixels: int) -> Any:
@@ -135,7 +139,8 @@ class Qwen2VLImages(ImagePlugin):
         vision = config.vision_config
         return Qwen2VLImageProcessorPil(
             patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
-            temporal_patch_size=vision.temporal_patch_size, size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+            temporal_patch_size=vision.temporal_patch_size,
+            size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         )
 
     def num_image_tokens(self, height: int, width: int) -> int:
@@ -178,7 +183,14 @@ class LlavaImages(ImagePlugin):
         return tokens - 1 if self.feature_select_strategy == "default" else tokens
 
     def fingerprint(self) -> tuple[str, str]:
-        return type(self).__name__, f"{self.image_processor.to_json_string()}{self.patch_size}{self.feature_select_strategy}"
+        settings = f"{self.image_processor.to_json_string()} {self.patch_size} {self.feature_select_strategy}"
+        return type(self).__name__, settings
+
+
+def _known_ids(tokenizer: Any, **tokens: str) -> dict[str, int]:
+    """Config field -> id of each token the tokenizer has (the others keep the config's defaults)."""
+    vocabulary = tokenizer.get_vocab()
+    return {field: vocabulary[token] for field, token in tokens.items() if token in vocabulary}
 
 
 #: The image plugins by ``model_type``.
@@ -200,6 +212,8 @@ def plugin_class(config: Any) -> type[ImagePlugin]:
 def build_plugin(config: Any, tokenizer: Any, path: Optional[str], min_pixels: int, max_pixels: int) -> ImagePlugin:
     """The plugin of a vision-language model: its image processor loaded from ``path`` (PIL backend) or, for an
     inline config, built from the vision config."""
+    if path is not None:
+        _check_pil_backend(path)
     plugin = plugin_class(config)
     if path is None:
         processor = plugin.image_processor_from_config(config, min_pixels, max_pixels)
@@ -214,17 +228,10 @@ def load_image_processor(path: str, config: Any, min_pixels: int, max_pixels: in
     """A saved model's image processor with the PIL backend; one line when it has none (it needs torchvision)."""
     import importlib.util
 
-    import transformers
     from transformers import AutoImageProcessor
 
     options: dict[str, Any] = {}
     if importlib.util.find_spec("torchvision") is None:
-        declared = _declared_image_processor(path)
-        if declared and not declared.endswith("Pil") and not hasattr(transformers, f"{declared}Pil"):
-            raise LitFactoryError(
-                f"model.path: {path!r} uses the image processor {declared}, which needs torchvision (it has no PIL "
-                "backend), and torchvision is not installed. Fix: pip install torchvision matching your torch."
-            )
         options["backend"] = "pil"
     if config.model_type in Qwen2VLImages.model_types:
         options["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
@@ -233,6 +240,21 @@ def load_image_processor(path: str, config: Any, min_pixels: int, max_pixels: in
     except (OSError, ValueError) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise LitFactoryError(f"model.path: cannot load the image processor of {path!r}: {first_line}") from err
+
+
+def _check_pil_backend(path: str) -> None:
+    """One line when torchvision is missing and the model folder names an image processor without a PIL backend."""
+    import importlib.util
+
+    import transformers
+
+    declared = _declared_image_processor(path)
+    if importlib.util.find_spec("torchvision") is None and declared and not declared.endswith("Pil") and not hasattr(
+            transformers, f"{declared}Pil"):
+        raise LitFactoryError(
+            f"model.path: {path!r} uses the image processor {declared}, which needs torchvision (it has no PIL "
+            "backend), and torchvision is not installed. Fix: pip install torchvision matching your torch."
+        )
 
 
 def _declared_image_processor(path: str) -> Optional[str]:
@@ -267,7 +289,8 @@ def image_size(path: str, where: str) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.height, image.width
     except (OSError, UnidentifiedImageError) as err:
-        raise LitFactoryError(f"{where}: cannot read image {path!r} ({err}). Fix: replace or remove the file.") from None
+        raise LitFactoryError(f"{where}: cannot read image {path!r} ({err}). Fix: replace or remove the file."
+                              ) from None
 
 
 def load_images(paths: list[str]) -> list[Any]:

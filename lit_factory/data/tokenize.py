@@ -211,9 +211,9 @@ def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: i
             source: str = "dataset") -> Callable[..., dict[str, list]]:
     """The batched map function (``with_indices``) from standard rows to the ``objective``'s token columns (see the
     module doc). Rows that keep no loss token are left out; media columns travel along. With an image plugin
-    (``image_plugin``, see :mod:`lit_factory.data.media`) the ``<image>`` placeholders become the model's image tokens, the
-    image paths are resolved against ``media_dir``, and rows whose image tokens ``cutoff_len`` would cut are left
-    out (a cut image cannot be fed to the model); ``source`` names the data in errors."""
+    (``image_plugin``, see :mod:`lit_factory.data.media`) the ``<image>`` placeholders become the model's image
+    tokens, the image paths are resolved against ``media_dir``, and rows whose image tokens ``cutoff_len`` would cut
+    are left out (a cut image cannot be fed to the model); ``source`` names the data in errors."""
 
     def encode_batch(batch: dict[str, list], indices: list[int] | None = None) -> dict[str, list]:
         # Every column present even when no row survives: `datasets` needs the same columns from every batch.
