@@ -33,6 +33,12 @@ FAMILIES = {
                         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
                                            out_hidden_size=64, spatial_merge_size=2, temporal_patch_size=2,
                                            fullatt_block_indexes=[1], window_size=56)), QWEN_TOKENS),
+    "qwen3_vl": (dict(model_type="qwen3_vl",
+                      text_config=dict(QWEN_TEXT, model_type="qwen3_vl_text", head_dim=16, rope_parameters={
+                          **QWEN_TEXT["rope_parameters"], "mrope_interleaved": True}),
+                      vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                                         out_hidden_size=64, spatial_merge_size=2, temporal_patch_size=2,
+                                         num_position_embeddings=64, deepstack_visual_indexes=[0])), QWEN_TOKENS),
     "llava": (dict(model_type="llava", vision_feature_layer=-2, vision_feature_select_strategy="default",
                    text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=2),
@@ -51,19 +57,19 @@ def family_args(family: str, **options) -> ModelArgs:
 
 def reference_processor(family: str, plugin, tokenizer):
     """The family's own Hugging Face processor around the same image processor."""
-    from transformers import LlavaProcessor, Qwen2VLProcessor
+    from transformers import LlavaProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 
     if family == "llava":
         return LlavaProcessor(image_processor=plugin.image_processor, tokenizer=tokenizer, patch_size=14,
                               vision_feature_select_strategy="default", image_token=IMAGE_PLACEHOLDER,
                               num_additional_image_tokens=1)
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        # Qwen2VLProcessor insists on a video processor, which needs torchvision; images need none.
+    class ImageOnlyProcessor(Qwen3VLProcessor if family == "qwen3_vl" else Qwen2VLProcessor):
+        # The Qwen processors insist on a video processor, which needs torchvision; images need none.
         def __init__(self, image_processor=None, tokenizer=None, **kwargs):
             super().__init__(image_processor, tokenizer, **kwargs)
 
-    return ImageOnlyQwen2VLProcessor(image_processor=plugin.image_processor, tokenizer=tokenizer)
+    return ImageOnlyProcessor(image_processor=plugin.image_processor, tokenizer=tokenizer)
 
 
 def demo_data(peer_data_dir, tokenizer, media, **options) -> DataModule:
@@ -74,7 +80,7 @@ def demo_data(peer_data_dir, tokenizer, media, **options) -> DataModule:
     return data
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "llava"])
 def test_placeholders_expand_to_the_processors_tokens_and_pixels(family, peer_data_dir):
     args = family_args(family)
     tokenizer = build_tokenizer(args)
@@ -101,13 +107,15 @@ def test_placeholders_expand_to_the_processors_tokens_and_pixels(family, peer_da
     every_image = load_images([str(peer_data_dir / path) for row in raw for path in row["images"]])
     reference = processor.image_processor(images=every_image, return_tensors="pt")
     assert torch.equal(batch["pixel_values"], reference["pixel_values"])
-    if family == "qwen2_vl":
+    if family != "llava":
         assert torch.equal(batch["image_grid_thw"], reference["image_grid_thw"])
         assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == plugin.image_token_id).long())
     assert "images" not in batch
 
     # A row is left out when cutoff_len would cut into its image tokens (the model needs every one of them).
-    short = demo_data(peer_data_dir, tokenizer, plugin, cutoff_len=150)
+    last_image_token = [max(i for i, t in enumerate(row["input_ids"]) if t == plugin.image_token_id)
+                        for row in data.train_set]
+    short = demo_data(peer_data_dir, tokenizer, plugin, cutoff_len=max(last_image_token))  # cuts the last one
     assert 0 < len(short.train_set) < len(raw)
     for row in short.train_set:
         expected = sum(plugin.num_image_tokens(*image_size(path, "")) for path in row["images"])
