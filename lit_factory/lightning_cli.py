@@ -117,6 +117,9 @@ class FactoryCLI(LightningCLI):
         parser.link_arguments(
             "model", "data.init_args.objective", compute_fn=lambda stage: stage.data_objective, apply_on="instantiate"
         )
+        parser.link_arguments(  # a vision-language model's image plugin (None for text models)
+            "model", "data.init_args.media", compute_fn=lambda stage: stage.media, apply_on="instantiate"
+        )
 
 
 def _raised_by_trainer_checks(err: BaseException) -> bool:

@@ -163,5 +163,6 @@ def test_vision_language_model_loads_with_image_text_class_and_frozen_vision_tow
     frozen = build_model(args, tokenizer, Freeze(trainable_layers=1))
     assert {n.split("layers.")[1].split(".")[0] for n, p in frozen.named_parameters() if p.requires_grad} == {"1"}
 
-    unfrozen = build_model(ModelArgs(**{**vars(args), "freeze_vision_tower": False}), tokenizer, Full())
+    unfrozen = build_model(ModelArgs(**{**vars(args), "freeze_vision_tower": False,
+                                        "freeze_multi_modal_projector": False}), tokenizer, Full())
     assert all(p.requires_grad for p in unfrozen.parameters())

@@ -46,17 +46,19 @@ NO_EFFECT = {
     "run_name": "the run is named by output_dir",
     "save_strategy": "checkpoints follow save_steps",
     "finetuning_type": "inference and export apply adapter_name_or_path when it is given",
+    **{key: "video and audio input are not supported yet (image-text data is; rows with videos or audios stop "
+            "with an error)" for key in ("video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen",
+                                         "use_audio_in_video", "audio_sampling_rate")},
 }
 # LLaMA-Factory features we lack: key -> its default. Set to anything else they stop the translation.
 UNSUPPORTED = {
     "use_asft_loss": False,
     "use_eaft_loss": False, "mixture_of_depths": None, "fp8": False, "fsdp": "", "ray_num_workers": 1,
-    "tokenized_path": None, "eval_dataset": None, "freeze_multi_modal_projector": True, "freeze_language_model": False,
+    "tokenized_path": None, "eval_dataset": None, "freeze_language_model": False,
     "use_unsloth": False, "enable_liger_kernel": False, "do_predict": False, "predict_with_generate": False,
     "ref_model": None, "export_quantization_bit": None, "upcast_layernorm": False,
     "ppo_score_norm": False, "ppo_buffer_size": 1, "create_new_adapter": False, "disable_shuffling": False,
-    "resume_from_checkpoint": None, "moe_aux_loss_coef": None, "image_max_pixels": None, "video_max_pixels": None,
-    "video_fps": None, "video_maxlen": None, "pissa_convert": True, "default_system": None,
+    "resume_from_checkpoint": None, "moe_aux_loss_coef": None, "pissa_convert": True, "default_system": None,
     "tool_format": None,
 }
 # Options that only count while their feature is on: (key pattern, is the feature on?, what switches it on).
@@ -88,7 +90,6 @@ UNSUPPORTED_HINTS = {
     "resume_from_checkpoint": "pass --ckpt_path to lit-factory fit",
     "eval_dataset": "use val_size",
     "do_predict": "use lit-factory predict with a recipe (recipes/predict/)",
-    "image_max_pixels": "multimodal data is not supported yet",
 }
 
 
@@ -286,9 +287,13 @@ def _model_args(keys: _Keys) -> dict[str, Any]:
     noise = keys.take("neftune_noise_alpha", None, "model.init_args.model.neftune_alpha")
     if noise:
         model["neftune_alpha"] = float(noise)
-    if keys.has("freeze_vision_tower"):
-        model["freeze_vision_tower"] = bool(keys.take("freeze_vision_tower", True,
-                                                      "model.init_args.model.freeze_vision_tower"))
+    # Vision-language models; our defaults are LLaMA-Factory's (vision tower and projector frozen, 32²-768² pixels).
+    for key in ("freeze_vision_tower", "freeze_multi_modal_projector"):
+        if keys.has(key):
+            model[key] = bool(keys.take(key, True, f"model.init_args.model.{key}"))
+    for key in ("image_max_pixels", "image_min_pixels"):
+        if keys.has(key):
+            model[key] = int(keys.take(key, None, f"model.init_args.model.{key}"))
     return model
 
 
@@ -462,24 +467,19 @@ def _deepspeed_strategy(keys: _Keys) -> Optional[dict[str, Any]]:
     path = keys.take("deepspeed", None, "trainer.strategy (DeepSpeedStrategy)")
     if not path:
         return None
-    # The JSON's "auto" values are filled by transformers' integration; Lightning fills batch sizes itself, so we
-    # keep only what the file decides: the ZeRO stage and offloading.
+    # The file itself goes to our DeepSpeed strategy, which fills its "auto" values from the recipe as
+    # transformers' integration does (lit_factory.distributed.deepspeed).
     if Path(path).is_file():
-        zero = json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization", {})
-        stage = int(zero.get("stage", 0))
-        offload_optimizer = zero.get("offload_optimizer", {}).get("device", "none") != "none"
-        offload_parameters = zero.get("offload_param", {}).get("device", "none") != "none"
-    else:
-        match = re.search(r"ds_z(\d)(_offload)?_config\.json$", str(path))
-        if match is None:
-            raise keys.fail("deepspeed", "is not a file; give the path of a DeepSpeed JSON config")
-        stage, offload_optimizer = int(match.group(1)), bool(match.group(2))
-        offload_parameters = offload_optimizer and stage == 3
-        keys.translation.warnings.append(f"`deepspeed: {path}` is not a file here; its name says ZeRO stage {stage}"
-                                         f"{' with offloading' if offload_optimizer else ''}")
-    return {"class_path": "lightning.pytorch.strategies.DeepSpeedStrategy",
+        return {"class_path": "lit_factory.distributed.DeepSpeed", "init_args": {"config": str(path)}}
+    match = re.search(r"ds_z(\d)(_offload)?_config\.json$", str(path))
+    if match is None:
+        raise keys.fail("deepspeed", "is not a file; give the path of a DeepSpeed JSON config")
+    stage, offload_optimizer = int(match.group(1)), bool(match.group(2))
+    keys.translation.warnings.append(f"`deepspeed: {path}` is not a file here; its name says ZeRO stage {stage}"
+                                     f"{' with offloading' if offload_optimizer else ''}")
+    return {"class_path": "lit_factory.distributed.DeepSpeed",
             "init_args": {"stage": stage, "offload_optimizer": offload_optimizer,
-                          "offload_parameters": offload_parameters}}
+                          "offload_parameters": offload_optimizer and stage == 3}}
 
 
 def _logger(keys: _Keys, output_dir: str) -> dict[str, Any]:

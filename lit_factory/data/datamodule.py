@@ -67,6 +67,9 @@ class DataModule(pl.LightningDataModule):
         shuffle: shuffle the training set every epoch.
         num_workers: DataLoader worker processes.
         seed: seed of sampling, mixing, the train/validation split and the shuffling order.
+        media: the model's image plugin (:mod:`lit_factory.data.media`): expands ``<image>`` placeholders into
+            image tokens and batches the images as the model's inputs. The CLI passes the stage's (None for a
+            text-only model: image paths then pass through as path lists).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class DataModule(pl.LightningDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 42,
+        media: Any = None,
     ) -> None:
         super().__init__()
         names = dataset.split(",") if isinstance(dataset, str) else list(dataset)
@@ -126,6 +130,9 @@ class DataModule(pl.LightningDataModule):
         if interleave_probs is not None and len(interleave_probs) != len(self.dataset_names):
             raise LitFactoryError(f"data.interleave_probs has {len(interleave_probs)} values for "
                                   f"{len(self.dataset_names)} datasets. Fix: one probability per dataset.")
+        if packing and media is not None:
+            raise LitFactoryError("data.packing: packing rows with images is not supported yet. Fix: set packing: false.")
+        self.media = media
         self.dataset_dir = resolve_shipped_path(dataset_dir)
         self.objective = objective
         self.template_name = template
@@ -150,7 +157,7 @@ class DataModule(pl.LightningDataModule):
         self.train_set: Any = None
         self.val_set: Any = None
         # A tokenizer object does not belong in a checkpoint's hyperparameters; the stage records the model path.
-        self.save_hyperparameters(ignore=["tokenizer"])
+        self.save_hyperparameters(ignore=["tokenizer", "media"])
 
     @property
     def tokenizer(self) -> Any:
@@ -189,7 +196,7 @@ class DataModule(pl.LightningDataModule):
     def prepare(self, name: str) -> "Dataset":
         """One dataset's rows, ready for the collator (see :func:`lit_factory.data.pipeline.prepare_dataset`)."""
         template = None if self.objective == "pretrain" else self.template
-        return prepare_dataset(name, self.dataset_dir, self.tokenizer, template, self.preprocessing)
+        return prepare_dataset(name, self.dataset_dir, self.tokenizer, template, self.preprocessing, self.media)
 
     def setup(self, stage: str | None = None) -> None:
         """Load, align and tokenise every dataset once, mix them, then split off validation."""
@@ -228,7 +235,12 @@ class DataModule(pl.LightningDataModule):
         return split["train"], split["test"]
 
     def collator(self) -> Any:
-        """The collator of this objective (see :mod:`lit_factory.data.collators`)."""
+        """The collator of this objective (see :mod:`lit_factory.data.collators`); with an image plugin, batches
+        also carry the model's image inputs."""
+        if self.media is not None and self.objective == "supervised":
+            from lit_factory.data.media import MediaCollator
+
+            return MediaCollator(PaddingCollator(self.pad_token_id), self.media)
         pad_id = self.pad_token_id
         if self.objective == "pairwise":
             return PairwiseCollator(pad_id)
@@ -312,7 +324,7 @@ class DataModule(pl.LightningDataModule):
         from dataclasses import replace
 
         settings = replace(self.preprocessing, objective="prompt", packing=False)
-        parts = [prepare_dataset(name, self.dataset_dir, self.tokenizer, self.template, settings)
+        parts = [prepare_dataset(name, self.dataset_dir, self.tokenizer, self.template, settings, self.media)
                  for name in self.dataset_names]
         data = mix_datasets(parts, self.mix_strategy, self.interleave_probs, self.seed)
         return self._loader(data, self.eval_batch_size, False, PromptCollator(self.pad_token_id, True))
@@ -324,7 +336,7 @@ class DataModule(pl.LightningDataModule):
         from dataclasses import replace
 
         settings = replace(self.preprocessing, objective="prompt", packing=False)
-        parts = [prepare_dataset(name, self.dataset_dir, self.tokenizer, self.template, settings)
+        parts = [prepare_dataset(name, self.dataset_dir, self.tokenizer, self.template, settings, self.media)
                  for name in self.dataset_names]
         data = mix_datasets(parts, self.mix_strategy, self.interleave_probs, self.seed)
         return self._loader(data, self.eval_batch_size, False, PromptCollator(self.pad_token_id, with_labels_text=True))

@@ -95,8 +95,9 @@ def _align(dataset: Any, spec: DatasetSpec, settings: Preprocessing) -> Any:
 
 
 def prepare_dataset(name: str, dataset_dir: str, tokenizer: Any, template: AnyTemplate | None,
-                    settings: Preprocessing) -> "Dataset | IterableDataset":
-    """The entry ``name`` of ``<dataset_dir>/dataset_info.json`` as the token columns ``settings.objective`` needs."""
+                    settings: Preprocessing, media: Any = None) -> "Dataset | IterableDataset":
+    """The entry ``name`` of ``<dataset_dir>/dataset_info.json`` as the token columns ``settings.objective`` needs;
+    ``media``: the model's image plugin (:mod:`lit_factory.data.media`), None for a text-only model."""
     spec = get_dataset_spec(name, dataset_dir)
     if settings.objective != "pretrain":
         check_objective(spec, settings.objective)
@@ -120,16 +121,18 @@ def prepare_dataset(name: str, dataset_dir: str, tokenizer: Any, template: AnyTe
 
     aligned = _align(dataset, spec, settings)
     encode = encoder(settings.objective, tokenizer, template, settings.cutoff_len, settings.train_on_prompt,
-                     settings.mask_history, settings.truncation_side)
+                     settings.mask_history, settings.truncation_side, media, str(spec.info_file.parent), str(spec.path))
+    media_key = media.fingerprint() if media is not None else None
     columns = _column_names(aligned) if not settings.streaming else list(standard_features())
     if not settings.streaming:
         map_args.update(desc=f"Tokenizing {name}", num_proc=settings.num_proc, new_fingerprint=map_fingerprint(
             aligned, settings.objective, template, settings.cutoff_len, settings.train_on_prompt,
-            settings.mask_history, settings.truncation_side, tokenizer=tokenizer))
-    tokenized = aligned.map(encode, remove_columns=columns, **map_args)
+            settings.mask_history, settings.truncation_side, media_key, tokenizer=tokenizer))
+    tokenized = aligned.map(encode, remove_columns=columns, with_indices=True, **map_args)
     if not settings.streaming and len(tokenized) < len(aligned):
-        log.warning("skipped %d of %d rows of %s: no response token fits in cutoff_len=%d",
-                    len(aligned) - len(tokenized), len(aligned), name, settings.cutoff_len)
+        log.warning("skipped %d of %d rows of %s: no response token %sfits in cutoff_len=%d",
+                    len(aligned) - len(tokenized), len(aligned), name,
+                    "(or not every image token) " if media is not None else "", settings.cutoff_len)
     if settings.packing:
         from lit_factory.data.packing import pack_supervised
 

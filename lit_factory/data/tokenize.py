@@ -207,11 +207,15 @@ def pack_pretrain_blocks(texts: list[str], tokenizer: Any, cutoff_len: int) -> l
 
 
 def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: int, train_on_prompt: bool = False,
-            mask_history: bool = False, truncation_side: str = "right") -> Callable[[dict[str, list]], dict[str, list]]:
-    """The batched map function from standard rows to the ``objective``'s token columns (see the module doc).
-    Rows that keep no loss token are left out; media columns travel along."""
+            mask_history: bool = False, truncation_side: str = "right", image_plugin: Any = None, media_dir: str = ".",
+            source: str = "dataset") -> Callable[..., dict[str, list]]:
+    """The batched map function (``with_indices``) from standard rows to the ``objective``'s token columns (see the
+    module doc). Rows that keep no loss token are left out; media columns travel along. With an image plugin
+    (``image_plugin``, see :mod:`lit_factory.data.media`) the ``<image>`` placeholders become the model's image
+    tokens, the image paths are resolved against ``media_dir``, and rows whose image tokens ``cutoff_len`` would cut
+    are left out (a cut image cannot be fed to the model); ``source`` names the data in errors."""
 
-    def encode_batch(batch: dict[str, list]) -> dict[str, list]:
+    def encode_batch(batch: dict[str, list], indices: list[int] | None = None) -> dict[str, list]:
         # Every column present even when no row survives: `datasets` needs the same columns from every batch.
         out: dict[str, list] = {key: [] for key in OBJECTIVE_COLUMNS[objective] + [k for k in MEDIA if k in batch]}
 
@@ -220,16 +224,25 @@ def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: i
                 out.setdefault(key, []).append(value)
 
         rows = len(batch["messages"])
+        images = None
+        if image_plugin is not None:
+            images = prepare_images(batch, indices, objective, image_plugin, media_dir, source)
         if objective == "supervised":  # all rows' texts in one tokenizer call
             bos_token, eos_token = special_tokens(tokenizer)
             rendered = [
                 [piece for turn in template.render_turns(messages, system, bos_token, eos_token, tools) for piece in turn]
-                for messages, system, tools in zip(batch["messages"], batch["system"], batch["tools"])
+                for messages, system, tools in zip(images["messages"] if images else batch["messages"],
+                                                   batch["system"], batch["tools"])
             ]
             for i, encoded in enumerate(tokenize_pieces_batch(rendered, tokenizer)):
                 ids, labels = assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history, truncation_side)
+                if images and ids.count(image_plugin.image_token_id) != images["tokens"][i]:
+                    continue  # cutoff_len cut into an image's tokens (counted with the rows without loss)
                 if any(label != IGNORE_INDEX for label in labels):
-                    emit(input_ids=ids, labels=labels, **{key: batch[key][i] for key in MEDIA if key in batch})
+                    row_media = {key: batch[key][i] for key in MEDIA if key in batch}
+                    if images:
+                        row_media["images"] = images["paths"][i]
+                    emit(input_ids=ids, labels=labels, **row_media)
             return out
         for i in range(rows):
             messages, system, tools = batch["messages"][i], batch["system"][i], batch["tools"][i]
@@ -254,3 +267,24 @@ def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: i
         return out
 
     return encode_batch
+
+
+def prepare_images(batch: dict[str, list], indices: list[int] | None, objective: str, media: Any, media_dir: str,
+                   source: str) -> dict[str, list]:
+    """Per row: the messages with their image placeholders expanded, the image paths made absolute and the number
+    of image tokens expected (see :mod:`lit_factory.data.media`)."""
+    from lit_factory.data.media import check_unsupported_media, resolve_media
+
+    out: dict[str, list] = {"messages": [], "paths": [], "tokens": []}
+    for i, messages in enumerate(batch["messages"]):
+        where = f"{source} row {indices[i] if indices is not None else i}"
+        check_unsupported_media(batch, i, where)
+        paths = resolve_media(batch.get("images", [[]] * len(batch["messages"]))[i] or [], media_dir, where)
+        if paths and objective != "supervised":
+            raise LitFactoryError(f"{where} has images: image input is supported for supervised fine-tuning (SFT) "
+                                  f"only yet, not the {objective} objective. Fix: use lit_factory.stages.SFT.")
+        expanded, tokens = media.expand(messages, paths, where)
+        out["messages"].append(expanded)
+        out["paths"].append(paths)
+        out["tokens"].append(tokens)
+    return out

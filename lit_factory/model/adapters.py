@@ -212,6 +212,9 @@ class LoRA(Finetuning):
                 name = _module_name(model, module).rsplit(".", 1)[-1]
                 if name not in to_save:
                     to_save.append(name)
+        if self.target_modules == "all":
+            # A VLM's projector left trainable (freeze_multi_modal_projector: false) trains fully, saved beside.
+            to_save += [name for name in _vision_exclusions(model)[1] if name not in to_save]
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=self.r,
@@ -329,7 +332,7 @@ def _resolve_targets(model: "nn.Module", target_modules: Union[str, list[str]],
     from lit_factory.model.targets import adapter_targets
 
     if target_modules == "all":
-        modules, parameters = adapter_targets(model, _vision_tower_modules(model), with_parameters)
+        modules, parameters = adapter_targets(model, _vision_exclusions(model)[0], with_parameters)
         if not modules and not parameters:
             raise LitFactoryError(f"finetuning.target_modules: `all` finds no linear layer in {type(model).__name__}")
         return modules, parameters
@@ -354,13 +357,20 @@ def _trains_tied_embeddings(model: "nn.Module", to_save: list[str], targets: Uni
     return bool(names & touched)
 
 
-def _vision_tower_modules(model: "nn.Module") -> Optional[str]:
-    """A regex over a VLM's vision tower and projector: ``all`` LoRA targets only the language model (as
-    LLaMA-Factory does), since the vision side is frozen by default."""
-    from lit_factory.model.patches import vision_module_prefixes
+def _vision_exclusions(model: "nn.Module") -> tuple[Optional[str], list[str]]:
+    """For ``all`` on a VLM, as LLaMA-Factory: a regex over the modules LoRA leaves out (the projector, and the
+    vision tower when the builder froze it), and the projector's name when it was left trainable
+    (``freeze_multi_modal_projector: false``): it then trains fully and is saved beside the adapter."""
+    from lit_factory.model.patches import vision_module_prefixes, vision_parameters
 
-    prefixes = vision_module_prefixes(model)
-    return rf"(.*\.)?({'|'.join(map(re.escape, prefixes))})\..*" if prefixes else None
+    towers = vision_module_prefixes(model, projector=False)
+    projectors = vision_module_prefixes(model, tower=False)
+    tower_params, projector_params = vision_parameters(model)
+    excluded = projectors + ([] if any(p.requires_grad for p in tower_params) else towers)
+    regex = rf"(.*\.)?({'|'.join(map(re.escape, excluded))})\..*" if excluded else None
+    trainable = sorted({name.rsplit(".", 1)[-1] for name in projectors}) if any(
+        p.requires_grad for p in projector_params) else []
+    return regex, trainable
 
 
 def _save_converted_to_original_base(model: "nn.Module") -> None:

@@ -51,8 +51,15 @@ class ModelArgs:
         shift_attn: Train with shifted sparse attention (S²-Attn, LongLoRA) for long contexts; evaluation and
             generation use full attention. Runs on SDPA.
         neftune_alpha: NEFTune noise scale on the input embeddings during training (0: off; the paper uses 5).
-        freeze_vision_tower: For vision-language models: keep the vision tower and projector frozen (and out of
-            LoRA's ``all`` targets).
+        freeze_vision_tower: Vision-language models: keep the vision tower frozen (and out of LoRA's ``all``
+            targets, which otherwise cover its linear layers too).
+        freeze_multi_modal_projector: Vision-language models: keep the projector from the vision tower into the
+            language model frozen. LoRA's ``all`` never targets it; left trainable, it trains fully (with LoRA it is
+            saved beside the adapter).
+        image_max_pixels: Vision-language models with a variable resolution (Qwen2-VL): the image processor scales
+            larger images down to at most this many pixels (fewer image tokens). Fixed-resolution towers (LLaVA)
+            resize every image to their own size.
+        image_min_pixels: Variable-resolution vision-language models: smaller images are scaled up to this many.
         fast_lora: Run LoRA linear layers through lit-factory's fused autograd function (see
             ``lit_factory.model.lora_fast``); PEFT's own forward when false.
     """
@@ -74,6 +81,9 @@ class ModelArgs:
     shift_attn: bool = False
     neftune_alpha: float = 0.0
     freeze_vision_tower: bool = True
+    freeze_multi_modal_projector: bool = True
+    image_max_pixels: int = 768 * 768
+    image_min_pixels: int = 32 * 32
     fast_lora: bool = False
 
     def __post_init__(self) -> None:
@@ -162,6 +172,12 @@ def _load_config(args: ModelArgs, tokenizer: "PreTrainedTokenizerBase") -> "Pret
     text_options.setdefault("vocab_size", len(tokenizer))
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         text_options.setdefault(name, getattr(tokenizer, name))
+    if "vision_config" in options:  # the image tokens the model looks for are the tokenizer's
+        from lit_factory.data.media import PLUGINS
+
+        if model_type in PLUGINS:
+            for name, token_id in PLUGINS[model_type].config_token_ids(tokenizer).items():
+                options.setdefault(name, token_id)
     try:
         return AutoConfig.for_model(model_type, **options)
     except ValueError as err:
@@ -260,9 +276,14 @@ def build_model(
 
         model = PeftModel.from_pretrained(model, args.adapter, is_trainable=True)
     else:
+        patches.freeze_vision_modules(model, args.freeze_vision_tower, args.freeze_multi_modal_projector)
         model = (finetuning or Full()).apply(model, train_embeddings=added_tokens)
-    if args.freeze_vision_tower:
-        patches.freeze_vision_modules(model)
+    # The vision side is frozen before AND after the method: LoRA's `all` leaves frozen parts out (see
+    # adapters._vision_exclusions), and Full/Freeze set requires_grad themselves.
+    patches.freeze_vision_modules(model, args.freeze_vision_tower, args.freeze_multi_modal_projector)
+    if not args.freeze_multi_modal_projector and not (finetuning is not None and finetuning.saves_adapter):
+        for parameter in patches.vision_parameters(model)[1]:  # Freeze trains an unfrozen projector too (as LF)
+            parameter.requires_grad_(True)
     if args.neftune_alpha > 0:
         patches.add_neftune(model, args.neftune_alpha)
     patches.mark_moe_leaf_modules(model)
@@ -274,6 +295,22 @@ def build_model(
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
     return model
+
+
+def build_media(args: ModelArgs, tokenizer: "PreTrainedTokenizerBase") -> Optional[Any]:
+    """The image plugin of a vision-language model (:mod:`lit_factory.data.media`), None for a text-only model.
+
+    A config that cannot be read gives None here: building the model reports that error."""
+    from lit_factory.data.media import build_plugin
+    from lit_factory.model.patches import is_vision_language
+
+    try:
+        config = _load_config(args, tokenizer)
+    except LitFactoryError:
+        return None
+    if not is_vision_language(config):
+        return None
+    return build_plugin(config, tokenizer, args.path, args.image_min_pixels, args.image_max_pixels)
 
 
 def build_inference_model(

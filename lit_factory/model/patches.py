@@ -13,8 +13,11 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig
 
-#: Names of a VLM's vision tower and projector across transformers model families.
-VISION_MODULE_NAMES = ("vision_tower", "visual", "vision_model", "multi_modal_projector", "mm_projector")
+#: Names of a VLM's vision tower and of its projector (into the language model) across transformers model families;
+#: Qwen2-VL's projector (``merger``) sits inside its tower (``visual``).
+VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model")
+PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "merger")
+VISION_MODULE_NAMES = VISION_TOWER_NAMES + PROJECTOR_NAMES
 S2_ATTENTION = "s2attn"
 
 
@@ -136,22 +139,41 @@ def mark_moe_leaf_modules(model: "nn.Module") -> list[type]:
     return classes
 
 
-def vision_module_prefixes(model: "nn.Module") -> list[str]:
-    """Full names of a VLM's vision tower and projector modules (empty for text-only models)."""
-    found: list[str] = []
+def vision_module_prefixes(model: "nn.Module", tower: bool = True, projector: bool = True) -> list[str]:
+    """Full names of a VLM's outermost vision tower modules and/or projector modules (empty for text-only models)."""
+    towers: list[str] = []
+    projectors: list[str] = []
     for name, _ in model.named_modules():
-        if name.rsplit(".", 1)[-1] in VISION_MODULE_NAMES and not any(name.startswith(f + ".") for f in found):
-            found.append(name)
-    return found
+        leaf = name.rsplit(".", 1)[-1]
+        inside_tower = any(name.startswith(t + ".") for t in towers)
+        if leaf in VISION_TOWER_NAMES and not inside_tower:
+            towers.append(name)
+        # `merger` is a generic word: it names a projector only inside a vision tower.
+        elif leaf in PROJECTOR_NAMES and (leaf != "merger" or inside_tower) and not any(
+                name.startswith(p + ".") for p in projectors):
+            projectors.append(name)
+    return (towers if tower else []) + (projectors if projector else [])
 
 
-def freeze_vision_modules(model: "nn.Module") -> list[str]:
-    """Freeze the vision tower and projector; returns their names."""
-    prefixes = vision_module_prefixes(model)
-    modules = dict(model.named_modules())
-    for name in prefixes:
-        modules[name].requires_grad_(False)
-    return prefixes
+def vision_parameters(model: "nn.Module") -> tuple[list["nn.Parameter"], list["nn.Parameter"]]:
+    """The parameters of a VLM's vision tower (its projector excluded) and of its projector."""
+    towers = vision_module_prefixes(model, projector=False)
+    projectors = vision_module_prefixes(model, tower=False)
+    tower_params, projector_params = [], []
+    for name, parameter in model.named_parameters():
+        if any(name.startswith(p + ".") for p in projectors):
+            projector_params.append(parameter)
+        elif any(name.startswith(t + ".") for t in towers):
+            tower_params.append(parameter)
+    return tower_params, projector_params
+
+
+def freeze_vision_modules(model: "nn.Module", tower: bool = True, projector: bool = True) -> list[str]:
+    """Freeze the vision tower and/or the projector; returns the names of the frozen modules."""
+    tower_params, projector_params = vision_parameters(model)
+    for parameter in (tower_params if tower else []) + (projector_params if projector else []):
+        parameter.requires_grad_(False)
+    return vision_module_prefixes(model, tower, projector)
 
 
 def is_vision_language(config: "PretrainedConfig") -> bool:

@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import Finetuning
 from lit_factory.infer.engine import GenerationArgs
-from lit_factory.model.builder import ModelArgs, build_inference_model, build_model, build_tokenizer
+from lit_factory.model.builder import ModelArgs, build_inference_model, build_media, build_model, build_tokenizer
 from lit_factory.optim.factory import OptimizerCallable, OptimizerFactory
 
 Optimizer = OptimizerCallable
@@ -111,6 +111,7 @@ class Stage(pl.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.generation = generation or GenerationArgs()
         self.tokenizer = build_tokenizer(model)
+        self.media = build_media(model, self.tokenizer)  # a VLM's image plugin (the data module's too), else None
         self.model: Optional[torch.nn.Module] = None
         self.val_loss = MeanMetric()
         self._step_started: Optional[float] = None
@@ -377,4 +378,6 @@ class Stage(pl.LightningModule):
         """Write what a run leaves behind into ``folder`` (a staging folder); stages with more to save extend it."""
         self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
+        if self.media is not None:  # preprocessor_config.json: the saved folder loads as a VLM `model.path`
+            self.media.image_processor.save_pretrained(folder)
 
