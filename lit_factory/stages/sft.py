@@ -3,7 +3,7 @@
 import torch
 
 from lit_factory.data.packing import attention_inputs
-from lit_factory.stages.base import Stage, causal_lm_loss, count_label_tokens
+from lit_factory.stages.base import Stage, count_label_tokens
 
 
 class SFT(Stage):
@@ -12,6 +12,8 @@ class SFT(Stage):
     data_objective = "supervised"
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(batch["input_ids"], **attention_inputs(batch)).logits  # packed rows: per-sequence attention
-        # Summed, then divided by the optimizer step's loss tokens (all micro-batches and ranks): Stage.token_mean.
-        return self.token_mean(causal_lm_loss(logits, batch["labels"], "sum"), count_label_tokens(batch["labels"]))
+        # Packed rows: per-sequence attention (attention_inputs). Summed, then divided by the optimizer step's loss
+        # tokens (all micro-batches and ranks): Stage.token_mean.
+        loss_sum = self.loss_head.next_token_loss(self.model, batch["labels"], input_ids=batch["input_ids"],
+                                                  **attention_inputs(batch))
+        return self.token_mean(loss_sum, count_label_tokens(batch["labels"]))

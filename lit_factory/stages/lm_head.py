@@ -1,0 +1,336 @@
+"""The vocabulary projection of the stages' losses: next-token loss, per-sequence and per-token log-probabilities.
+
+``FullLogits`` is the plain path: the model's own forward, with float32 logits over the whole vocabulary for every
+position of the batch (for a 151k vocabulary, 4 × 1024 tokens: 2.5 GB per copy, and cross-entropy's backward makes
+several). ``ChunkedLogits`` (the default) calls the decoder without its head, keeps only the positions that carry a
+label, and projects them a chunk of tokens at a time in a custom autograd function that recomputes each chunk's
+logits in the backward pass, so at most one chunk's logits exist at once. On CUDA its next-token loss runs Liger's
+fused linear cross-entropy kernel when ``liger-kernel`` is installed (``pip install 'lit-factory[liger]'``).
+
+Both return the same numbers and gradients (tests/test_lm_head.py compares them); a model whose head is not a plain
+linear projection with a known logit transform (``HEAD_TRANSFORMS``) takes the plain path, logged once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+#: How each supported model type turns its decoder's last hidden state h into logits, besides ``lm_head(h)``
+#: (read off each ``...ForCausalLM.forward`` in transformers): a config attribute that scales the logits (and
+#: whether it multiplies or divides), and one that soft-caps them as ``cap * tanh(logits / cap)``.
+HEAD_TRANSFORMS: dict[str, dict[str, Any]] = {
+    **{name: {} for name in (
+        "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "phi3", "olmo2", "glm4",
+        "starcoder2", "deepseek_v3",
+    )},
+    "gemma2": {"softcap": "final_logit_softcapping"},
+    "gemma3_text": {"softcap": "final_logit_softcapping"},
+    "cohere": {"multiply": "logit_scale"},
+    "cohere2": {"multiply": "logit_scale"},
+    "granite": {"divide": "logits_scaling"},
+    "granitemoe": {"divide": "logits_scaling"},
+}
+
+
+def next_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """The token each position predicts: labels shifted left, -100 at the end (position t's logits score t+1).
+
+    The labels shift rather than the logits: slicing the logits would copy the largest tensor of the step.
+    """
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["mean", "sum"] = "mean"
+) -> torch.Tensor:
+    """Next-token cross-entropy over the positions whose label is not -100 (computed in float32): their mean, or
+    their sum for ``Stage.token_mean`` to divide by the optimizer step's token count."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), next_tokens(labels).reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's labelled tokens (labels != -100) and how many there are, from logits.
+
+    Computed in at least float32 through ``cross_entropy``, which fuses log-softmax and gather instead of
+    materialising a second vocabulary-sized tensor.
+    """
+    targets = next_tokens(labels)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_logps = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
+    return token_logps.sum(-1), (targets != IGNORE_INDEX).sum(-1)
+
+
+def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers causal LM inside a PEFT wrapper (LoRA layers injected), or the model itself."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+class FullLogits:
+    """The plain path: full-vocabulary logits from the model's own forward, as transformers computes them.
+
+    Choose it (``loss_head: lit_factory.stages.lm_head.FullLogits``) to compare against, or for a model whose
+    head ``ChunkedLogits`` does not know; it takes no arguments.
+    """
+
+    def next_token_loss(self, model: torch.nn.Module, labels: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        """Summed float32 next-token cross-entropy over the labelled positions of ``model(**inputs)``."""
+        return causal_lm_loss(model(**inputs).logits, labels, "sum")
+
+    def sequence_logps(
+        self, model: torch.nn.Module, labels: torch.Tensor, **inputs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's summed log-probability of its labelled tokens, and their count (``sequence_logps``)."""
+        return sequence_logps(model(**inputs).logits, labels)
+
+    def response_logps(
+        self, model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For PPO: the last hidden states, log-probabilities and entropies (at ``temperature``) of the response
+        positions ``sequences[:, prompt_length:]``; positions outside ``attention_mask`` (after a response's end)
+        get log-probability and entropy 0. Positions count from each row's first real token (left padding)."""
+        causal_lm = causal_lm_of(model)
+        response_length = sequences.size(1) - prompt_length
+        out = causal_lm(input_ids=sequences, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+                        use_cache=False, output_hidden_states=True, logits_to_keep=response_length + 1)
+        hidden = out.hidden_states[-1][:, prompt_length - 1 : -1]
+        logits = out.logits[:, :-1].float() / temperature
+        real = attention_mask[:, prompt_length:].bool()
+        logps = torch.gather(logits.log_softmax(-1), 2, sequences[:, prompt_length:, None]).squeeze(-1)
+        entropy = torch.distributions.Categorical(logits=logits).entropy()
+        return hidden, logps.masked_fill(~real, 0), entropy.masked_fill(~real, 0)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class LinearHead:
+    """A causal LM's vocabulary projection as ``softcap(logit_scale * hidden @ weight.T)``."""
+
+    weight: torch.Tensor
+    logit_scale: float = 1.0
+    softcap: Optional[float] = None
+
+
+def linear_head(causal_lm: torch.nn.Module) -> Union[LinearHead, str]:
+    """The model's head as a ``LinearHead``, or why it is not one (the reason the plain path is taken)."""
+    from lit_factory.model.patches import is_vision_language
+
+    config = getattr(causal_lm, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if not hasattr(causal_lm, "get_decoder") or config is None:
+        return f"{type(causal_lm).__name__} is not a transformers causal LM"
+    if model_type not in HEAD_TRANSFORMS or is_vision_language(config):
+        return f"model type {model_type!r} is not in lit_factory.stages.lm_head.HEAD_TRANSFORMS"
+    head = causal_lm.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None:  # LoRA/modules_to_save on lm_head, quantized
+        return f"its lm_head is a {type(head).__name__}{' with a bias' if head.bias is not None else ''}, " \
+               "not a plain bias-free Linear"
+    rule = HEAD_TRANSFORMS[model_type]
+    scale = 1.0
+    if "multiply" in rule:
+        scale = float(getattr(config, rule["multiply"]))
+    if "divide" in rule:
+        scale = 1.0 / float(getattr(config, rule["divide"]))
+    softcap = getattr(config, rule["softcap"], None) if "softcap" in rule else None
+    return LinearHead(head.weight, scale, softcap)
+
+
+class ChunkedLogits(FullLogits):
+    """Memory-lean losses: only labelled positions are projected, a chunk of tokens at a time, and no
+    full-vocabulary logits of the batch ever exist (the module docstring says how). Same values and gradients as
+    ``FullLogits``; models it does not know take that path (logged once).
+
+    Args:
+        chunk_tokens: Tokens projected at once; a chunk's float32 logits take ``chunk_tokens × vocabulary × 4``
+            bytes (a 151k vocabulary, 256 tokens: 155 MB), and the backward pass holds about three such buffers.
+        cuda_kernel: ``liger``: on CUDA, the next-token loss runs Liger's ``LigerFusedLinearCrossEntropyLoss`` when
+            ``liger-kernel`` is installed (else these chunks); ``none``: always these chunks.
+    """
+
+    def __init__(self, chunk_tokens: int = 256, cuda_kernel: Literal["liger", "none"] = "liger") -> None:
+        if chunk_tokens < 1:
+            from lit_factory.errors import LitFactoryError
+
+            raise LitFactoryError("loss_head.init_args.chunk_tokens: must be at least 1")
+        self.chunk_tokens = chunk_tokens
+        self.cuda_kernel = cuda_kernel
+        self._reported: set[str] = set()
+
+    def _head(self, model: torch.nn.Module) -> Optional[LinearHead]:
+        head = linear_head(causal_lm_of(model))
+        if isinstance(head, str):
+            if head not in self._reported:
+                from lightning.pytorch.utilities import rank_zero_info
+
+                self._reported.add(head)
+                rank_zero_info(f"ChunkedLogits: full logits (the plain path) for this model: {head}")
+            return None
+        return head
+
+    def _labelled_hidden(
+        self, model: torch.nn.Module, labels: torch.Tensor, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hidden states of the labelled positions ``[N, H]``, their next tokens ``[N]`` and row indices ``[N]``."""
+        hidden = causal_lm_of(model).get_decoder()(**inputs).last_hidden_state
+        targets = next_tokens(labels)
+        rows, columns = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+        return hidden[rows, columns], targets[rows, columns], rows
+
+    def next_token_loss(self, model: torch.nn.Module, labels: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        head = self._head(model)
+        if head is None:
+            return super().next_token_loss(model, labels, **inputs)
+        hidden, targets, _ = self._labelled_hidden(model, labels, inputs)
+        hidden = _scaled(hidden, head)
+        if self.cuda_kernel == "liger" and hidden.is_cuda:
+            liger_loss = _liger_loss_sum(hidden, head, targets)
+            if liger_loss is not None:
+                return liger_loss
+        logps, _ = linear_token_logps(hidden, head.weight, targets, head.softcap, chunk_tokens=self.chunk_tokens)
+        return -logps.sum()
+
+    def sequence_logps(
+        self, model: torch.nn.Module, labels: torch.Tensor, **inputs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        head = self._head(model)
+        if head is None:
+            return super().sequence_logps(model, labels, **inputs)
+        hidden, targets, rows = self._labelled_hidden(model, labels, inputs)
+        logps, _ = linear_token_logps(_scaled(hidden, head), head.weight, targets, head.softcap,
+                                      chunk_tokens=self.chunk_tokens)
+        sums = torch.zeros(labels.size(0), dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
+        return sums, (next_tokens(labels) != IGNORE_INDEX).sum(-1)
+
+    def response_logps(
+        self, model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        head = self._head(model)
+        if head is None:
+            return super().response_logps(model, sequences, attention_mask, prompt_length, temperature)
+        decoder = causal_lm_of(model).get_decoder()
+        hidden = decoder(input_ids=sequences, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+                         use_cache=False).last_hidden_state[:, prompt_length - 1 : -1]
+        real = attention_mask[:, prompt_length:].bool()
+        logps, entropy = linear_token_logps(_scaled(hidden[real], head), head.weight,
+                                            sequences[:, prompt_length:][real], head.softcap, 1.0 / temperature,
+                                            entropy=True, chunk_tokens=self.chunk_tokens)
+        return hidden, _scatter(logps, real), _scatter(entropy, real)
+
+
+def _scaled(hidden: torch.Tensor, head: LinearHead) -> torch.Tensor:
+    # (s·h) @ Wᵀ = s·(h @ Wᵀ): a logit scale folds into the (few) labelled hidden states, before any soft-cap.
+    return hidden * head.logit_scale if head.logit_scale != 1.0 else hidden
+
+
+def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``values`` of the positions ``where`` is true, in a zero tensor of ``where``'s shape (differentiably)."""
+    return torch.zeros(where.shape, dtype=values.dtype, device=values.device).masked_scatter(where, values)
+
+
+def _liger_loss_sum(hidden: torch.Tensor, head: LinearHead, targets: torch.Tensor) -> Optional[torch.Tensor]:
+    """Liger's fused linear cross-entropy (summed) on CUDA, or None when liger-kernel is not installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=head.softcap)(head.weight, hidden, targets)
+
+
+def linear_token_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: Optional[float] = None,
+    temperature_scale: float = 1.0, entropy: bool = False, chunk_tokens: int = 256,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """At least float32 ``log_softmax(z)[target]`` (and the entropy of ``softmax(z)`` when asked) for each row of ``hidden``,
+    where ``z = temperature_scale * softcap(hidden @ weight.T)``, computed ``chunk_tokens`` rows at a time.
+
+    Hand-written because no library provides it on CPU (Liger's kernels are Triton/CUDA-only and compute only the
+    cross-entropy, not the entropy); the backward pass recomputes each chunk's logits instead of keeping them.
+    """
+    if hidden.size(0) == 0:  # no labelled token: keep the graph connected so backward still reaches the weights
+        zero = (hidden.sum() * 0 + weight.sum() * 0).float().expand(0)
+        return zero, (zero if entropy else None)
+    logps, entropies = _LinearTokenLogps.apply(hidden, weight, targets, softcap, temperature_scale, entropy,
+                                               chunk_tokens)
+    return logps, (entropies if entropy else None)
+
+
+class _LinearTokenLogps(torch.autograd.Function):
+    @staticmethod
+    def _chunk_logits(hidden, weight, softcap, scale):
+        # The matmul runs in the model's dtype (as lm_head does), the softmax maths in float32.
+        logits = hidden @ weight.T
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if softcap is not None:
+            logits = logits.div_(softcap).tanh_().mul_(softcap)
+        return logits.mul_(scale) if scale != 1.0 else logits
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, scale, entropy, chunk_tokens):
+        logps = torch.empty(hidden.size(0), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+        lses = torch.empty_like(logps)
+        entropies = torch.zeros_like(logps)
+        for start in range(0, hidden.size(0), chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            logits = _LinearTokenLogps._chunk_logits(hidden[part], weight, softcap, scale)
+            lse = torch.logsumexp(logits, -1)
+            lses[part] = lse
+            logps[part] = logits.gather(1, targets[part, None]).squeeze(1) - lse
+            if entropy:  # H = sum -p log p, with log p = logits - lse
+                entropies[part] = torch.special.entr(logits.sub_(lse[:, None]).exp_()).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, lses, entropies)
+        ctx.options = (softcap, scale, entropy, chunk_tokens)
+        return logps, entropies
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_entropies):
+        hidden, weight, targets, lses, entropies = ctx.saved_tensors
+        softcap, scale, entropy, chunk_tokens = ctx.options
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # Low-precision weights accumulate their gradient over chunks in float32, as one matmul would internally.
+        grad_weight = (torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32))
+                       if need_weight else None)
+        if grad_logps is None:
+            grad_logps = torch.zeros_like(lses)
+        with_entropy = entropy and grad_entropies is not None
+        for start in range(0, hidden.size(0), chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            logits = _LinearTokenLogps._chunk_logits(hidden[part], weight, softcap, scale)
+            # tanh'(u/c) = 1 - tanh², the tanh read back from the capped logits z = scale * c * tanh
+            capped_slope = 1 - (logits / (scale * softcap)) ** 2 if softcap is not None else None
+            log_probs = logits.sub_(lses[part, None])
+            probs = log_probs.exp()
+            # dz of logp_y: g (onehot(y) - p);  dz of H: -g p (log p + H)   (two chunk buffers, updated in place)
+            entropy_term = (log_probs.add_(entropies[part, None]).mul_(probs).mul_(grad_entropies[part, None])
+                            if with_entropy else None)
+            grad = probs.mul_(-grad_logps[part, None])
+            grad.scatter_add_(1, targets[part, None], grad_logps[part, None])
+            if entropy_term is not None:
+                grad.sub_(entropy_term)
+            del log_probs, entropy_term, logits
+            if scale != 1.0:
+                grad.mul_(scale)
+            if capped_slope is not None:
+                grad.mul_(capped_slope)
+                del capped_slope
+            grad = grad.to(weight.dtype)
+            if need_hidden:
+                grad_hidden[part] = grad @ weight
+            if need_weight:
+                grad_weight.addmm_(grad.T.to(grad_weight.dtype), hidden[part].to(grad_weight.dtype))
+        if need_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
