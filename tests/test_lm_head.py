@@ -10,7 +10,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lit_factory.model import LoRA, ModelArgs
 from lit_factory.stages import DPO, KTO, ORPO, SFT, PreTrain, SimPO
-from lit_factory.stages.lm_head import HEAD_TRANSFORMS, ChunkedLogits, FullLogits, linear_head, linear_token_logps
+from lit_factory.stages.lm_head import (
+    HEAD_TRANSFORMS,
+    ChunkedLogits,
+    FullLogits,
+    linear_cross_entropy_sum,
+    linear_head,
+    linear_token_logps,
+)
 from tiny_models import SPARROW, TINY
 
 VOCAB = 96
@@ -46,6 +53,12 @@ def test_token_logps_and_entropy_equal_log_softmax_with_their_gradients(softcap,
         torch.testing.assert_close(got, expected)
     # Finite differences check the hand-written backward, chunk boundaries included (7 rows, chunks of 3).
     assert torch.autograd.gradcheck(ours, (hidden, weight))
+    if scale == 1.0:  # the summed loss, whose gradients are computed in the forward pass
+        summed = partial(linear_cross_entropy_sum, targets=targets, softcap=softcap, chunk_tokens=3)
+        torch.testing.assert_close(summed(hidden, weight), -reference(hidden, weight)[0].sum())
+        assert torch.autograd.gradcheck(summed, (hidden, weight))
+        with torch.no_grad():  # validation: no gradient work, the same value
+            torch.testing.assert_close(summed(hidden, weight), -reference(hidden, weight)[0].sum())
 
 
 # ---- real models: every type in HEAD_TRANSFORMS ------------------------------------------------------------------

@@ -198,8 +198,7 @@ class ChunkedLogits(FullLogits):
             liger_loss = _liger_loss_sum(hidden, head, targets)
             if liger_loss is not None:
                 return liger_loss
-        logps, _ = linear_token_logps(hidden, head.weight, targets, head.softcap, chunk_tokens=self.chunk_tokens)
-        return -logps.sum()
+        return linear_cross_entropy_sum(hidden, head.weight, targets, head.softcap, chunk_tokens=self.chunk_tokens)
 
     def sequence_logps(
         self, model: torch.nn.Module, labels: torch.Tensor, **inputs: Any
@@ -253,8 +252,8 @@ def linear_token_logps(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: Optional[float] = None,
     temperature_scale: float = 1.0, entropy: bool = False, chunk_tokens: int = 256,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """At least float32 ``log_softmax(z)[target]`` (and the entropy of ``softmax(z)`` when asked) for each row of ``hidden``,
-    where ``z = temperature_scale * softcap(hidden @ weight.T)``, computed ``chunk_tokens`` rows at a time.
+    """At least float32 ``log_softmax(z)[target]`` (and the entropy of ``softmax(z)`` when asked) for each row of
+    ``hidden``, where ``z = temperature_scale * softcap(hidden @ weight.T)``, computed ``chunk_tokens`` rows at a time.
 
     Hand-written because no library provides it on CPU (Liger's kernels are Triton/CUDA-only and compute only the
     cross-entropy, not the entropy); the backward pass recomputes each chunk's logits instead of keeping them.
@@ -267,24 +266,82 @@ def linear_token_logps(
     return logps, (entropies if entropy else None)
 
 
+def linear_cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: Optional[float] = None,
+    chunk_tokens: int = 256,
+) -> torch.Tensor:
+    """``-linear_token_logps(...).sum()``, faster: the gradient of a sum reaches every token with the same weight,
+    so each chunk's gradients are computed in the forward pass (as Liger's kernel does) and nothing is recomputed."""
+    if hidden.size(0) == 0:
+        return (hidden.sum() * 0 + weight.sum() * 0).float()
+    # Inside an autograd Function the grad mode is always off: whether a backward can follow is decided here.
+    with_gradients = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _LinearCrossEntropySum.apply(hidden, weight, targets, softcap, chunk_tokens, with_gradients)
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: Optional[float], scale: float) -> torch.Tensor:
+    # The matmul runs in the model's dtype (as lm_head does), the softmax maths in at least float32.
+    logits = hidden @ weight.T
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if softcap is not None:
+        logits = logits.div_(softcap).tanh_().mul_(softcap)
+    return logits.mul_(scale) if scale != 1.0 else logits
+
+
+def _logits_gradient(
+    logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, grad_logps: torch.Tensor,
+    softcap: Optional[float], scale: float, entropies: Optional[torch.Tensor] = None,
+    grad_entropies: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The gradient at ``hidden @ weight.T`` of a chunk, given the gradients at its log-probs (and entropies);
+    overwrites ``logits`` (two chunk-sized buffers at most, three with a soft-cap)."""
+    # tanh'(u/c) = 1 - tanh², the tanh read back from the capped logits z = scale * c * tanh
+    capped_slope = 1 - (logits / (scale * softcap)) ** 2 if softcap is not None else None
+    log_probs = logits.sub_(lse[:, None])
+    probs = log_probs.exp()
+    # dz of logp_y: g (onehot(y) - p);  dz of H: -g p (log p + H)
+    entropy_term = (log_probs.add_(entropies[:, None]).mul_(probs).mul_(grad_entropies[:, None])
+                    if grad_entropies is not None else None)
+    grad = probs.mul_(-grad_logps[:, None])
+    grad.scatter_add_(1, targets[:, None], grad_logps[:, None])
+    if entropy_term is not None:
+        grad.sub_(entropy_term)
+    if scale != 1.0:
+        grad.mul_(scale)
+    return grad.mul_(capped_slope) if capped_slope is not None else grad
+
+
+class _GradientSums:
+    """Accumulates a chunked linear layer's input and weight gradients (the weight's in at least float32, as one
+    matmul accumulates internally)."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, need_hidden: bool, need_weight: bool) -> None:
+        self.hidden, self.weight = hidden, weight
+        self.grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        self.grad_weight = (torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32))
+                            if need_weight else None)
+
+    def add(self, part: slice, grad: torch.Tensor) -> None:
+        grad = grad.to(self.weight.dtype)
+        if self.grad_hidden is not None:
+            self.grad_hidden[part] = grad @ self.weight
+        if self.grad_weight is not None:
+            self.grad_weight.addmm_(grad.T.to(self.grad_weight.dtype), self.hidden[part].to(self.grad_weight.dtype))
+
+    def result(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        weight = self.grad_weight.to(self.weight.dtype) if self.grad_weight is not None else None
+        return self.grad_hidden, weight
+
+
 class _LinearTokenLogps(torch.autograd.Function):
     @staticmethod
-    def _chunk_logits(hidden, weight, softcap, scale):
-        # The matmul runs in the model's dtype (as lm_head does), the softmax maths in float32.
-        logits = hidden @ weight.T
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        if softcap is not None:
-            logits = logits.div_(softcap).tanh_().mul_(softcap)
-        return logits.mul_(scale) if scale != 1.0 else logits
-
-    @staticmethod
     def forward(ctx, hidden, weight, targets, softcap, scale, entropy, chunk_tokens):
-        logps = torch.empty(hidden.size(0), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-        lses = torch.empty_like(logps)
-        entropies = torch.zeros_like(logps)
+        logps = torch.empty(hidden.size(0), dtype=torch.promote_types(hidden.dtype, torch.float32),
+                            device=hidden.device)
+        lses, entropies = torch.empty_like(logps), torch.zeros_like(logps)
         for start in range(0, hidden.size(0), chunk_tokens):
             part = slice(start, start + chunk_tokens)
-            logits = _LinearTokenLogps._chunk_logits(hidden[part], weight, softcap, scale)
+            logits = _chunk_logits(hidden[part], weight, softcap, scale)
             lse = torch.logsumexp(logits, -1)
             lses[part] = lse
             logps[part] = logits.gather(1, targets[part, None]).squeeze(1) - lse
@@ -298,39 +355,36 @@ class _LinearTokenLogps(torch.autograd.Function):
     def backward(ctx, grad_logps, grad_entropies):
         hidden, weight, targets, lses, entropies = ctx.saved_tensors
         softcap, scale, entropy, chunk_tokens = ctx.options
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        # Low-precision weights accumulate their gradient over chunks in float32, as one matmul would internally.
-        grad_weight = (torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32))
-                       if need_weight else None)
-        if grad_logps is None:
-            grad_logps = torch.zeros_like(lses)
-        with_entropy = entropy and grad_entropies is not None
+        sums = _GradientSums(hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        grad_logps = torch.zeros_like(lses) if grad_logps is None else grad_logps
+        grad_entropies = grad_entropies if entropy else None
         for start in range(0, hidden.size(0), chunk_tokens):
             part = slice(start, start + chunk_tokens)
-            logits = _LinearTokenLogps._chunk_logits(hidden[part], weight, softcap, scale)
-            # tanh'(u/c) = 1 - tanh², the tanh read back from the capped logits z = scale * c * tanh
-            capped_slope = 1 - (logits / (scale * softcap)) ** 2 if softcap is not None else None
-            log_probs = logits.sub_(lses[part, None])
-            probs = log_probs.exp()
-            # dz of logp_y: g (onehot(y) - p);  dz of H: -g p (log p + H)   (two chunk buffers, updated in place)
-            entropy_term = (log_probs.add_(entropies[part, None]).mul_(probs).mul_(grad_entropies[part, None])
-                            if with_entropy else None)
-            grad = probs.mul_(-grad_logps[part, None])
-            grad.scatter_add_(1, targets[part, None], grad_logps[part, None])
-            if entropy_term is not None:
-                grad.sub_(entropy_term)
-            del log_probs, entropy_term, logits
-            if scale != 1.0:
-                grad.mul_(scale)
-            if capped_slope is not None:
-                grad.mul_(capped_slope)
-                del capped_slope
-            grad = grad.to(weight.dtype)
-            if need_hidden:
-                grad_hidden[part] = grad @ weight
-            if need_weight:
-                grad_weight.addmm_(grad.T.to(grad_weight.dtype), hidden[part].to(grad_weight.dtype))
-        if need_weight:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None
+            logits = _chunk_logits(hidden[part], weight, softcap, scale)
+            sums.add(part, _logits_gradient(
+                logits, lses[part], targets[part], grad_logps[part], softcap, scale, entropies[part],
+                None if grad_entropies is None else grad_entropies[part]))
+        return *sums.result(), None, None, None, None, None
+
+
+class _LinearCrossEntropySum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, chunk_tokens, with_gradients):
+        sums = _GradientSums(hidden, weight, with_gradients and ctx.needs_input_grad[0],
+                             with_gradients and ctx.needs_input_grad[1])
+        total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
+        for start in range(0, hidden.size(0), chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            logits = _chunk_logits(hidden[part], weight, softcap, 1.0)
+            lse = torch.logsumexp(logits, -1)
+            total += (lse - logits.gather(1, targets[part, None]).squeeze(1)).sum()
+            if with_gradients:  # the loss is -sum(logp): every token's upstream gradient is -1
+                sums.add(part, _logits_gradient(logits, lse, targets[part], -torch.ones_like(lse), softcap, 1.0))
+        ctx.gradients = sums.result()
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.gradients
+        return (None if grad_hidden is None else grad_hidden * grad_total,
+                None if grad_weight is None else grad_weight * grad_total, None, None, None, None)
