@@ -13,7 +13,8 @@ variants interleaved over ``--rounds`` rounds (other work on the machine then sl
 - ``chunked``: ``ChunkedLogits`` (the default): labelled positions only, ``--chunk-tokens`` at a time.
 
 Prints one row per run: peak RSS (ru_maxrss), the RSS before the first loss (model and libraries), the difference
-(what the loss and backward add), and seconds per step; then the median ratio chunked / full.
+(what the loss and backward add), wall-clock and CPU seconds per step (CPU time is the steadier figure on a
+shared machine); then the median ratios chunked / full.
 """
 
 from __future__ import annotations
@@ -60,14 +61,16 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     labels[:, : int(args.seq_len * (1 - args.labelled))] = -100  # the prompt part of each row carries no loss
     batch = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels)
     before = rss_gib()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps + 1):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         stage.loss(batch).backward()
         times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
         stage.model.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-    return {"variant": variant, "peak_gib": peak, "before_gib": before, "seconds": statistics.median(times[1:])}
+    return {"variant": variant, "peak_gib": peak, "before_gib": before, "seconds": statistics.median(times[1:]),
+            "cpu_seconds": statistics.median(cpu_times[1:])}
 
 
 def main() -> None:
@@ -91,7 +94,7 @@ def main() -> None:
 
     print(f"tiny Qwen2 (hidden 64, 2 layers), vocabulary {args.vocab:,}, batch {args.batch} x {args.seq_len} tokens, "
           f"{args.labelled:.0%} labelled, chunks of {args.chunk_tokens}; SFT loss + backward, median of {args.steps}")
-    print(f"{'round':>5} {'variant':<8} {'peak RSS GiB':>13} {'before GiB':>11} {'added GiB':>10} {'s/step':>8}")
+    print(f"{'round':>5} {'variant':<8} {'peak RSS GiB':>13} {'before GiB':>11} {'added GiB':>10} {'s/step':>8} {'CPU s/step':>11}")
     rows: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     worker_args = ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--vocab", str(args.vocab),
                    "--labelled", str(args.labelled), "--chunk-tokens", str(args.chunk_tokens), "--steps", str(args.steps)]
@@ -105,13 +108,13 @@ def main() -> None:
             row = json.loads(result.stdout.strip().splitlines()[-1])
             rows[variant].append(row)
             print(f"{round_:>5} {variant:<8} {row['peak_gib']:>13.2f} {row['before_gib']:>11.2f} "
-                  f"{row['peak_gib'] - row['before_gib']:>10.2f} {row['seconds']:>8.2f}", flush=True)
+                  f"{row['peak_gib'] - row['before_gib']:>10.2f} {row['seconds']:>8.2f} {row['cpu_seconds']:>11.2f}", flush=True)
     if all(rows.values()):
         def median(variant: str, key) -> float:
             return statistics.median(key(row) for row in rows[variant])
 
         for label, key in [("peak RSS", lambda r: r["peak_gib"]), ("added RSS", lambda r: r["peak_gib"] - r["before_gib"]),
-                           ("time per step", lambda r: r["seconds"])]:
+                           ("time per step", lambda r: r["seconds"]), ("CPU time per step", lambda r: r["cpu_seconds"])]:
             print(f"chunked / full, {label}: {median('chunked', key) / median('full', key):.2f}")
 
 

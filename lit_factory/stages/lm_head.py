@@ -163,7 +163,7 @@ class ChunkedLogits(FullLogits):
         if chunk_tokens < 1:
             from lit_factory.errors import LitFactoryError
 
-            raise LitFactoryError("loss_head.init_args.chunk_tokens: must be at least 1")
+            raise LitFactoryError("model.init_args.loss_head.init_args.chunk_tokens: must be at least 1")
         self.chunk_tokens = chunk_tokens
         self.cuda_kernel = cuda_kernel
         self._reported: set[str] = set()
