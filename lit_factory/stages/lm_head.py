@@ -295,8 +295,7 @@ def _logits_gradient(
 ) -> torch.Tensor:
     """The gradient at ``hidden @ weight.T`` of a chunk, given the gradients at its log-probs (and entropies);
     overwrites ``logits`` (two chunk-sized buffers at most, three with a soft-cap)."""
-    # tanh'(u/c) = 1 - tanh², the tanh read back from the capped logits z = scale * c * tanh
-    capped_slope = 1 - (logits / (scale * softcap)) ** 2 if softcap is not None else None
+    capped_slope = _capped_slope(logits, softcap, scale)
     log_probs = logits.sub_(lse[:, None])
     probs = log_probs.exp()
     # dz of logp_y: g (onehot(y) - p);  dz of H: -g p (log p + H)
@@ -309,6 +308,11 @@ def _logits_gradient(
     if scale != 1.0:
         grad.mul_(scale)
     return grad.mul_(capped_slope) if capped_slope is not None else grad
+
+
+def _capped_slope(logits: torch.Tensor, softcap: Optional[float], scale: float) -> Optional[torch.Tensor]:
+    # d(c tanh(u/c))/du = 1 - tanh², the tanh read back from the capped logits z = scale * c * tanh
+    return 1 - (logits / (scale * softcap)) ** 2 if softcap is not None else None
 
 
 class _GradientSums:
@@ -342,11 +346,12 @@ class _LinearTokenLogps(torch.autograd.Function):
         for start in range(0, hidden.size(0), chunk_tokens):
             part = slice(start, start + chunk_tokens)
             logits = _chunk_logits(hidden[part], weight, softcap, scale)
-            lse = torch.logsumexp(logits, -1)
-            lses[part] = lse
-            logps[part] = logits.gather(1, targets[part, None]).squeeze(1) - lse
-            if entropy:  # H = sum -p log p, with log p = logits - lse
-                entropies[part] = torch.special.entr(logits.sub_(lse[:, None]).exp_()).sum(-1)
+            log_probs = torch.log_softmax(logits, -1)  # one fused pass (logsumexp would allocate a temporary)
+            logps[part] = log_probs.gather(1, targets[part, None]).squeeze(1)
+            lses[part] = logits.gather(1, targets[part, None]).squeeze(1) - logps[part]
+            del logits
+            if entropy:  # H = sum -p log p
+                entropies[part] = torch.special.entr(log_probs.exp_()).sum(-1)
         ctx.save_for_backward(hidden, weight, targets, lses, entropies)
         ctx.options = (softcap, scale, entropy, chunk_tokens)
         return logps, entropies
@@ -376,10 +381,14 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         for start in range(0, hidden.size(0), chunk_tokens):
             part = slice(start, start + chunk_tokens)
             logits = _chunk_logits(hidden[part], weight, softcap, 1.0)
-            lse = torch.logsumexp(logits, -1)
-            total += (lse - logits.gather(1, targets[part, None]).squeeze(1)).sum()
-            if with_gradients:  # the loss is -sum(logp): every token's upstream gradient is -1
-                sums.add(part, _logits_gradient(logits, lse, targets[part], -torch.ones_like(lse), softcap, 1.0))
+            capped_slope = _capped_slope(logits, softcap, 1.0) if with_gradients else None
+            log_probs = torch.log_softmax(logits, -1)
+            del logits
+            total -= log_probs.gather(1, targets[part, None]).sum()
+            if with_gradients:  # the loss is -sum(logp): dz = softmax - onehot(y), in place
+                grad = log_probs.exp_()
+                grad.scatter_add_(1, targets[part, None], torch.full_like(grad[:, :1], -1.0))
+                sums.add(part, grad.mul_(capped_slope) if capped_slope is not None else grad)
         ctx.gradients = sums.result()
         return total
 
