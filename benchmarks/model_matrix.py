@@ -85,7 +85,7 @@ def verify(model_type: str, workdir: Path) -> dict[str, Any]:
     from lit_factory.model.adapters import decoder_layers
     from lit_factory.model.export import export_model
     from lit_factory.model.value_head import ValueHead, last_hidden_states
-    from lit_factory.stages.base import causal_lm_loss
+    from lit_factory.stages.lm_head import causal_lm_loss
 
     row: dict[str, Any] = {"architecture": model_type, "template": default_template(model_type), "verified": []}
     step = "config"

@@ -62,7 +62,7 @@ def test_lora_all_skips_routers_and_adapts_experts(tmp_path, model_type, router,
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    from lit_factory.stages.base import causal_lm_loss
+    from lit_factory.stages.lm_head import causal_lm_loss
 
     causal_lm_loss(model(input_ids=ids).logits, ids).backward()
     optimizer.step()

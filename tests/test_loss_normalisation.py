@@ -72,8 +72,9 @@ def token_loss(model, rows):
 
 
 def assert_same_parameters(ours, reference):
+    # rtol: the stages project with ChunkedLogits, the loops below with full logits (float32 sums in other orders)
     for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
 def test_sft_with_accumulation_matches_a_loop_over_the_windows_tokens(tmp_path):
@@ -97,7 +98,7 @@ def test_sft_with_accumulation_matches_a_loop_over_the_windows_tokens(tmp_path):
 
     assert all(max(pair) > 10 * min(pair) for pair in counts)  # the windows really are uneven
     assert_same_parameters(stage.model, model)
-    assert logged == pytest.approx(expected_losses, abs=1e-5)
+    assert logged == pytest.approx(expected_losses, rel=1e-5, abs=1e-5)
 
     # The windows are uneven enough that the old rule (mean of the micro-batch means) trains another model.
     optimizer = torch.optim.SGD(start.parameters(), lr=LR)
@@ -154,4 +155,4 @@ def test_preference_nll_term_normalises_over_the_step(stage_class, options, tmp_
         expected_losses.append(loss.item())
 
     assert_same_parameters(stage.model, model)
-    assert logged == pytest.approx(expected_losses, abs=1e-5)
+    assert logged == pytest.approx(expected_losses, rel=1e-5, abs=1e-5)

@@ -14,7 +14,7 @@ from lit_factory.errors import LitFactoryError
 from lit_factory.model import ModelArgs, build_model, build_tokenizer
 from lit_factory.optim import APOLLO, AdamMini, BAdamRatio, GaLore, Muon
 from lit_factory.stages import SFT
-from lit_factory.stages.base import causal_lm_loss
+from lit_factory.stages.lm_head import causal_lm_loss
 from test_optim import fit, tiny_args
 from tiny_models import DEMO, quiet_trainer
 

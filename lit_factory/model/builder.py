@@ -62,6 +62,9 @@ class ModelArgs:
         image_min_pixels: Variable-resolution vision-language models: smaller images are scaled up to this many.
         fast_lora: Run LoRA linear layers through lit-factory's fused autograd function (see
             ``lit_factory.model.lora_fast``); PEFT's own forward when false.
+        liger_kernel: Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA only: a one-line error
+            elsewhere; ``pip install 'lit-factory[liger]'``).
+        compile: ``torch.compile`` each decoder layer (the first steps are slower while it compiles).
     """
 
     path: Optional[str] = None
@@ -85,6 +88,8 @@ class ModelArgs:
     image_max_pixels: int = 768 * 768
     image_min_pixels: int = 32 * 32
     fast_lora: bool = False
+    liger_kernel: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
@@ -246,6 +251,8 @@ def build_model(
     empty_weights = empty_weights and args.quantization is None and args.adapter is None
     model = _load_base(args, tokenizer, dtype, device, empty_weights)
     quantized = bool(getattr(model, "is_quantized", False))
+    if args.liger_kernel:  # before adapters: Liger patches the modules LoRA then wraps
+        patches.apply_liger_kernels(model, device or torch.device("cpu"))
 
     added_tokens = len(tokenizer) > model.get_input_embeddings().num_embeddings
     if added_tokens:
@@ -291,6 +298,8 @@ def build_model(
         from lit_factory.model.lora_fast import use_fast_lora
 
         use_fast_lora(model)
+    if args.compile:
+        patches.compile_decoder_layers(getattr(model, "get_base_model", lambda: model)())
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()

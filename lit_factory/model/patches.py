@@ -1,5 +1,6 @@
 """Model patches the builder applies on request: RoPE scaling, NEFTune, shifted sparse attention (S²-Attn),
-MoE blocks as DeepSpeed ZeRO-3 leaf modules, and the vision side of vision-language models."""
+Liger's GPU kernels, compiled decoder layers, MoE blocks as DeepSpeed ZeRO-3 leaf modules, and the vision side of
+vision-language models."""
 
 from __future__ import annotations
 
@@ -119,6 +120,41 @@ def register_shifted_sparse_attention() -> str:
     AttentionInterface.register(S2_ATTENTION, shifted_sparse_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(S2_ATTENTION, sdpa_mask)
     return S2_ATTENTION
+
+
+# ---- speed: Liger kernels, torch.compile --------------------------------------------------------------------------
+def apply_liger_kernels(model: "nn.Module", device: "torch.device") -> None:
+    """Swap the model's RMSNorm, rotary embedding and SwiGLU MLP for Liger's fused Triton kernels (LLaMA-Factory's
+    ``enable_liger_kernel``). The loss head is not patched: the stages' ``ChunkedLogits`` already runs Liger's fused
+    linear cross-entropy on CUDA. Raises a one-line error off CUDA (Triton kernels), without liger-kernel, or for a
+    model type Liger does not cover — a recipe that asks for the kernels should not silently run without them."""
+    if device.type != "cuda":
+        raise LitFactoryError(
+            f"model.liger_kernel: Liger's kernels are Triton GPU kernels and need CUDA; this run is on {device.type}: "
+            "set model.liger_kernel: false"
+        )
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+    except ImportError:
+        raise LitFactoryError("model.liger_kernel: needs liger-kernel: pip install 'lit-factory[liger]'") from None
+    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise LitFactoryError(
+            f"model.liger_kernel: Liger has no kernels for model type {model.config.model_type!r}; set it to false"
+        )
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+
+
+def compile_decoder_layers(model: "nn.Module") -> int:
+    """``torch.compile`` each decoder layer in place (``nn.Module.compile``), as torchtune does: the model keeps its
+    class, so PEFT, saving and the loss head work unchanged, and a layer compiles once for all layers of its shape.
+    Returns how many layers were compiled."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise LitFactoryError(f"model.compile: {type(model).__name__}'s decoder has no `layers` to compile")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 # ---- MoE and VLMs ------------------------------------------------------------------------------------------------

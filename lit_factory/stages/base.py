@@ -15,7 +15,6 @@ from typing import Any, Literal, Optional, Union
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from lit_factory.errors import LitFactoryError
@@ -23,22 +22,9 @@ from lit_factory.model.adapters import Finetuning
 from lit_factory.infer.engine import GenerationArgs
 from lit_factory.model.builder import ModelArgs, build_inference_model, build_media, build_model, build_tokenizer
 from lit_factory.optim.factory import OptimizerCallable, OptimizerFactory
+from lit_factory.stages.lm_head import ChunkedLogits, FullLogits
 
 Optimizer = OptimizerCallable
-
-
-def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["mean", "sum"] = "mean"
-) -> torch.Tensor:
-    """Next-token cross-entropy over the positions whose label is not -100 (computed in float32): their mean, or
-    their sum for ``Stage.token_mean`` to divide by the optimizer step's token count.
-
-    The labels shift left rather than the logits: slicing the logits would copy the largest tensor of the step.
-    """
-    next_tokens = F.pad(labels, (0, 1), value=-100)[:, 1:]
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), next_tokens.reshape(-1), ignore_index=-100, reduction=reduction
-    )
 
 
 def count_label_tokens(labels: torch.Tensor) -> int:
@@ -74,6 +60,9 @@ class Stage(pl.LightningModule):
         min_lr_ratio: ``cosine`` only: decay to this fraction of the peak learning rate instead of 0
             (transformers' ``cosine_with_min_lr`` with ``min_lr_rate``).
         generation: Decoding settings of ``lit-factory predict`` (max_new_tokens, temperature, top_p, ...).
+        loss_head: How the losses project hidden states onto the vocabulary (``lit_factory.stages.lm_head``):
+            ``ChunkedLogits`` (default when unset: labelled tokens only, a chunk at a time, Liger's fused kernel
+            on CUDA when installed) or ``FullLogits`` (the model's own full-vocabulary logits). Same results.
     """
 
     #: What the data module must prepare for this stage (linked into the data module by the CLI).
@@ -88,6 +77,7 @@ class Stage(pl.LightningModule):
         warmup_steps: float = 0,
         min_lr_ratio: float = 0.0,
         generation: Optional[GenerationArgs] = None,
+        loss_head: Optional[FullLogits] = None,
     ) -> None:
         super().__init__()
         # Plain values only: checkpoints load with torch.load(weights_only=True), which refuses our classes.
@@ -100,6 +90,10 @@ class Stage(pl.LightningModule):
             "lr_schedule": lr_schedule,
             "warmup_steps": warmup_steps,
             "min_lr_ratio": min_lr_ratio,
+            "loss_head": None if loss_head is None else {
+                "class_path": f"{type(loss_head).__module__}.{type(loss_head).__qualname__}",
+                "init_args": {k: v for k, v in vars(loss_head).items() if not k.startswith("_")},
+            },
         })
         self.model_args = model
         self.finetuning = finetuning
@@ -110,6 +104,7 @@ class Stage(pl.LightningModule):
             raise LitFactoryError("model.init_args.min_lr_ratio: must lie in [0, 1] and needs lr_schedule: cosine")
         self.min_lr_ratio = min_lr_ratio
         self.generation = generation or GenerationArgs()
+        self.loss_head = loss_head if loss_head is not None else ChunkedLogits()
         self.tokenizer = build_tokenizer(model)
         self.media = build_media(model, self.tokenizer)  # a VLM's image plugin (the data module's too), else None
         self.model: Optional[torch.nn.Module] = None

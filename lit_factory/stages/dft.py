@@ -27,5 +27,6 @@ class DFT(SFT):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self(batch["input_ids"], **attention_inputs(batch)).logits
-        # The one line that differs from SFT.loss: dft_loss_sum instead of causal_lm_loss(..., "sum").
+        # As SFT.loss, with dft_loss_sum for the summed cross-entropy. Full logits (the plain path): the loss head's
+        # chunked next-token loss has no per-token weighting.
         return self.token_mean(dft_loss_sum(logits, batch["labels"]), count_label_tokens(batch["labels"]))

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import LoRA
@@ -203,13 +202,10 @@ class PPO(Stage):
     def policy_forward(
         self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probs, entropies and values of the response tokens ``sequences[:, prompt_length:]``."""
-        causal_lm = self.model.get_base_model()
-        hidden = decoder_hidden_states(causal_lm, sequences, attention_mask)
-        response_hidden = hidden[:, prompt_length - 1 : -1]
-        logits = causal_lm.get_output_embeddings()(response_hidden).float() / self.rollout_sampling["temperature"]
-        logprobs = torch.gather(logits.log_softmax(-1), 2, sequences[:, prompt_length:, None]).squeeze(-1)
-        entropy = torch.distributions.Categorical(logits=logits).entropy()
+        """Log-probs, entropies and values of the response tokens ``sequences[:, prompt_length:]`` (log-probs and
+        entropies 0 after a response's end), at the rollouts' sampling temperature."""
+        response_hidden, logprobs, entropy = self.loss_head.response_logps(
+            self.model, sequences, attention_mask, prompt_length, self.rollout_sampling["temperature"])
         values = self.model.value_head(response_hidden)
         return logprobs, entropy, values
 

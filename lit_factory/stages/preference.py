@@ -1,6 +1,6 @@
 """What the preference stages share: per-sequence log-probabilities, the reference model, pairwise validation.
 
-``sequence_logps`` is the one place where log-probabilities are gathered from logits. ``PreferenceStage`` logs a
+Log-probabilities come from the stage's ``loss_head`` (``lit_factory.stages.lm_head``). ``PreferenceStage`` logs a
 stage's metrics and validates per pair; ``ReferenceStage`` adds the frozen reference policy DPO and KTO compare
 against, in one of three forms (see its ``reference`` argument).
 """
@@ -12,28 +12,11 @@ import hashlib
 from typing import Any, Literal, Optional
 
 import torch
-import torch.nn.functional as F
-
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.modes import evaluating
 from lit_factory.stages.base import Stage
 
 Batch = dict[str, torch.Tensor]
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each row's labelled tokens (labels != -100) and how many there are.
-
-    Position t's logits score token t+1, so the labels shift left (as in ``causal_lm_loss``). Computed in at least
-    float32 through ``cross_entropy``, which fuses log-softmax and gather instead of materialising a second vocab
-    tensor.
-    """
-    next_tokens = F.pad(labels, (0, 1), value=-100)[:, 1:]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    token_logps = -F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), next_tokens.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(next_tokens.shape)
-    return token_logps.sum(-1), (next_tokens != -100).sum(-1)
 
 
 def require_batch(batch: Batch, keys: tuple[str, ...], stage: str, objective: str) -> None:
@@ -61,8 +44,8 @@ class PreferenceStage(Stage):
 
     def policy_logps(self, batch: Batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probabilities and token counts of the trained model on ``batch[prefix + 'input_ids']``."""
-        logits = self(batch[prefix + "input_ids"], attention_mask=batch[prefix + "attention_mask"]).logits
-        return sequence_logps(logits, batch[prefix + "labels"])
+        return self.loss_head.sequence_logps(self.model, batch[prefix + "labels"], input_ids=batch[prefix + "input_ids"],
+                                             attention_mask=batch[prefix + "attention_mask"])
 
     def log_metrics(self, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log ``metrics`` under ``train/`` or ``val/`` (a no-op outside a Trainer, e.g. when a test calls loss).
@@ -144,12 +127,10 @@ class ReferenceStage(PreferenceStage):
             return torch.tensor(values, device=ids.device)
         if source == "adapter_disabled":
             with self.model.disable_adapter(), evaluating(self.model):
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-        elif source == "copy":
-            logits = self.reference_model.eval()(input_ids=ids, attention_mask=mask).logits
-        else:  # precomputing: the model still holds its starting weights
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-        return sequence_logps(logits, labels)[0]
+                return self.loss_head.sequence_logps(self.model, labels, input_ids=ids, attention_mask=mask)[0]
+        # copy: the frozen copy; precomputing: the model, which still holds its starting weights
+        model = self.reference_model.eval() if source == "copy" else self.model
+        return self.loss_head.sequence_logps(model, labels, input_ids=ids, attention_mask=mask)[0]
 
     def on_fit_start(self) -> None:
         from lightning.pytorch.utilities.model_helpers import is_overridden

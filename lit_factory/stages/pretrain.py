@@ -2,7 +2,7 @@
 
 import torch
 
-from lit_factory.stages.base import Stage, causal_lm_loss, count_label_tokens
+from lit_factory.stages.base import Stage, count_label_tokens
 
 
 class PreTrain(Stage):
@@ -11,6 +11,7 @@ class PreTrain(Stage):
     data_objective = "pretrain"
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss_sum = self.loss_head.next_token_loss(self.model, batch["labels"], input_ids=batch["input_ids"],
+                                                  attention_mask=batch["attention_mask"])
         # Summed, then divided by the optimizer step's loss tokens (all micro-batches and ranks): Stage.token_mean.
-        return self.token_mean(causal_lm_loss(logits, batch["labels"], "sum"), count_label_tokens(batch["labels"]))
+        return self.token_mean(loss_sum, count_label_tokens(batch["labels"]))
