@@ -72,6 +72,12 @@ def test_unknown_and_unsupported_keys_are_named_never_dropped():
     assert any(w.startswith("`galore_rank` has no effect without `use_galore: true`") for w in warnings)
 
 
+def test_model_patch_keys_map_to_builder_options():
+    model = recipe(enable_liger_kernel=True, shift_attn=True, neftune_noise_alpha=5)["model"]["init_args"]["model"]
+    assert (model["liger_kernel"], model["shift_attn"], model["neftune_alpha"]) == (True, True, 5.0)
+    assert "liger_kernel" not in recipe(enable_liger_kernel=False)["model"]["init_args"]["model"]
+
+
 def test_lora_keys_and_llamafactory_defaults():
     lora = recipe(lora_target="all")["model"]["init_args"]["finetuning"]
     assert lora == {"class_path": "lit_factory.model.LoRA",

@@ -55,7 +55,7 @@ UNSUPPORTED = {
     "use_asft_loss": False,
     "use_eaft_loss": False, "mixture_of_depths": None, "fp8": False, "fsdp": "", "ray_num_workers": 1,
     "tokenized_path": None, "eval_dataset": None, "freeze_language_model": False,
-    "use_unsloth": False, "enable_liger_kernel": False, "do_predict": False, "predict_with_generate": False,
+    "use_unsloth": False, "do_predict": False, "predict_with_generate": False,
     "ref_model": None, "export_quantization_bit": None, "upcast_layernorm": False,
     "ppo_score_norm": False, "ppo_buffer_size": 1, "create_new_adapter": False, "disable_shuffling": False,
     "resume_from_checkpoint": None, "moe_aux_loss_coef": None, "pissa_convert": True, "default_system": None,
@@ -284,6 +284,8 @@ def _model_args(keys: _Keys) -> dict[str, Any]:
         model["rope_scaling"] = rope
     if keys.take("shift_attn", False, "model.init_args.model.shift_attn"):
         model["shift_attn"] = True
+    if keys.take("enable_liger_kernel", False, "model.init_args.model.liger_kernel"):
+        model["liger_kernel"] = True  # CUDA only: on a CPU machine the run stops in one line, as it says
     noise = keys.take("neftune_noise_alpha", None, "model.init_args.model.neftune_alpha")
     if noise:
         model["neftune_alpha"] = float(noise)
