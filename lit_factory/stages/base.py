@@ -116,6 +116,7 @@ class Stage(pl.LightningModule):
         self._step_started: Optional[float] = None
         self._window = _StepWindow()
         self._in_training_step = False
+        self.saved_output: Optional[tuple[str, Path]] = None  # ("model" or "adapter", folder) once on_train_end saved
         # Adapter runs checkpoint only what trains; the frozen base is rebuilt from `model.path` on resume.
         self.strict_loading = not self._checkpoints_trainable_only
 
@@ -315,6 +316,7 @@ class Stage(pl.LightningModule):
         if self.trainer.is_global_zero:
             saved = self.save_pretrained(self.output_dir())
             kind = "adapter" if self.finetuning is not None and self.finetuning.saves_adapter else "model"
+            self.saved_output = (kind, saved)  # for the summary the terminal prints (lit_factory.callbacks)
             rank_zero_info(f"Saved the trained {kind} and tokenizer (Hugging Face format) to {saved}")
 
     def output_dir(self) -> Path:
