@@ -29,10 +29,12 @@ class StepProgressBar(RichProgressBar):
         refresh_rate: Redraws per second (0 hides the bar; the summary is still printed).
         metrics_every_s: Least seconds between two updates of the metrics shown beside the bar.
         summary: Print the summary at the end of ``fit`` (rank 0 only).
+        console_kwargs: Arguments of the ``rich.console.Console`` the bar draws on (e.g. ``file``, ``width``).
     """
 
-    def __init__(self, refresh_rate: int = 10, metrics_every_s: float = 0.5, summary: bool = True) -> None:
-        super().__init__(refresh_rate=refresh_rate)
+    def __init__(self, refresh_rate: int = 10, metrics_every_s: float = 0.5, summary: bool = True,
+                 console_kwargs: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(refresh_rate=refresh_rate, console_kwargs=console_kwargs)
         self.metrics_every_s = metrics_every_s
         self.summary = summary
         self._total_steps: Optional[int] = None

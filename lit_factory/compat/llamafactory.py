@@ -36,7 +36,8 @@ NO_EFFECT = {
     "overwrite_output_dir": "outputs in output_dir are replaced file by file",
     "overwrite_cache": "the tokenized-data cache is keyed by its inputs and rebuilt when they change",
     "ddp_timeout": "Lightning's default process-group timeout applies",
-    "plot_loss": "the loss curve is logged (output_dir/metrics.csv, TensorBoard with report_to: tensorboard)",
+    "plot_loss": "the loss curve is logged (output_dir/metrics.csv, TensorBoard with report_to: tensorboard); "
+                 "for LLaMA-Factory's training_loss.png add lit_factory.callbacks.LossPlot to trainer.callbacks",
     "badam_verbose": "BAdam's switches are not printed",
     "use_reentrant_gc": "transformers' default checkpointing mode applies",
     "gradient_checkpointing_kwargs": "transformers' default checkpointing mode applies",
