@@ -85,6 +85,9 @@ class LossPlot(pl.Callback):
             self._record(trainer, [name for name in self.metrics if name.startswith("val/")])
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._recorded_step:  # the last step, when it was not a logging step
+            self._recorded_step = trainer.global_step
+            self._record(trainer, [name for name in self.metrics if not name.startswith("val/")])
         folder = self.folder or trainer.log_dir  # a collective: asked on every rank
         if not trainer.is_global_zero or folder is None:
             return
