@@ -126,6 +126,10 @@ def _run_folder(trainer: pl.Trainer) -> Optional[Path]:
         return None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (hasattr(value, "numel") and value.numel() == 1)
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -142,7 +146,8 @@ def fit_summary(trainer: pl.Trainer, pl_module: pl.LightningModule, run_folder: 
     speed = f", {tokens / train_seconds:,.0f} tokens/s" if tokens and train_seconds > 0 else ""
     resumed = f" (resumed at step {first_step})" if first_step else ""
     lines = [f"lit-factory fit finished: {steps}{total} steps{resumed} in {_duration(wall_seconds)}{speed}"]
-    metrics = {name: float(value) for name, value in trainer.progress_bar_metrics.items() if name != "v_num"}
+    metrics = {name: float(value) for name, value in trainer.progress_bar_metrics.items()
+               if name != "v_num" and _is_number(value)}
     if metrics:
         lines.append("  final " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     if run_folder is not None:
