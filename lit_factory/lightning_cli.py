@@ -152,9 +152,11 @@ def _missing_package(err: BaseException) -> Optional[LitFactoryError]:
     text = " ".join(str(missing).split())
     named = next((m.group(1) for e in chain if (m := re.search(r"given class_path '([^']+)'", str(e)))), None)
     requirement = re.search(r"Requirement '([^']+)' not met", text)  # Lightning's RequirementCache
-    package = requirement.group(1) if requirement else getattr(missing, "name", None)
-    if package is None:
-        return None
+    module = getattr(missing, "name", None) or ""
+    if requirement is None and (not isinstance(missing, ModuleNotFoundError) or not module
+                                or module.split(".")[0] == "lit_factory"):
+        return None  # not a third-party package that is absent: a real error, with its traceback
+    package = requirement.group(1) if requirement else module.split(".")[0]
     where = f"{named} needs" if named else "the recipe needs"
     detail = "" if requirement else f" ({text[:200]})"
     return LitFactoryError(f"{where} the package {package!r}, which is not installed{detail}. Fix: pip install "
@@ -284,7 +286,6 @@ def run_trainer_subcommand(args: Optional[list[str]]) -> None:
     from lightning.pytorch import LightningDataModule
 
     from lit_factory.quiet import silence_library_noise
-
     from lit_factory.stages.base import Stage
 
     silence_library_noise()
