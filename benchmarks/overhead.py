@@ -1,11 +1,12 @@
 """lit-factory's overhead: a LoRA SFT run through the SFT stage + Lightning Trainer against a plain PyTorch + PEFT
-loop on the same model, batches and seed. Prints tokens/s and peak memory side by side (target: ours within 10%).
+loop on the same model, batches and seed. Prints tokens/s and peak memory side by side (target: ours within 5%).
 
-    python benchmarks/overhead.py                      # tiny model on this machine
+    python benchmarks/overhead.py                      # tiny model on this machine, 5 interleaved repeats
     python benchmarks/overhead.py --shape llama2-7b    # Llama-2-7B shape, LoRA r16, seq 2048 x batch 4, bf16, GC
 
 Each side runs in its own process so that peak memory (CUDA allocator peak, or the process's max RSS on CPU) is
-its own.
+its own. The sides alternate (plain, ours, ours, plain, ...) and the table shows medians, with the ratio of each
+repeat's pair, so that load from other processes on a shared machine falls on both sides alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,12 +95,14 @@ def run_plain(args) -> dict:
 
 
 def run_ours(args) -> dict:
-    """lit-factory: the SFT stage with LoRA, trained by a Lightning Trainer with its default logger and progress bar."""
+    """lit-factory: the SFT stage with LoRA, trained by a Lightning Trainer with a TensorBoard logger and the progress
+    bar `lit-factory fit` adds (``StepProgressBar``)."""
     import lightning.pytorch as pl
     import torch
     from functools import partial
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from lit_factory.callbacks import StepProgressBar
     from lit_factory.model import LoRA, ModelArgs
     from lit_factory.stages import SFT
 
@@ -134,7 +138,7 @@ def run_ours(args) -> dict:
                              precision="bf16-mixed" if args.bf16 else "32-true",
                              logger=TensorBoardLogger(run_dir, name="bench"), log_every_n_steps=10,
                              enable_checkpointing=False, enable_model_summary=False, default_root_dir=run_dir,
-                             callbacks=[timer])
+                             callbacks=[timer, StepProgressBar(summary=False)])
         trainer.fit(stage, datamodule=Batches())
     return {"tokens_per_sec": (args.steps - args.warmup) * args.batch * args.seq / timer.elapsed,
             "peak_gb": peak_memory_gb(device), "last_loss": float(trainer.callback_metrics["train/loss"])}
@@ -150,6 +154,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs of each side (median reported)")
     parser.add_argument("--side", choices=["ours", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     big = args.shape != "tiny"
@@ -166,23 +171,28 @@ def main() -> None:
         print(json.dumps(run_ours(args) if args.side == "ours" else run_plain(args)))
         return
 
-    results = {}
-    for side in ("plain", "ours"):
-        command = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--device", args.device]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if done.returncode != 0:
-            sys.exit(f"{side} run failed:\n{done.stderr[-3000:]}")
-        results[side] = json.loads(done.stdout.strip().splitlines()[-1])
-    plain, ours = results["plain"], results["ours"]
+    runs: dict[str, list[dict]] = {"plain": [], "ours": []}
+    for repeat in range(args.repeats):
+        for side in (("plain", "ours") if repeat % 2 == 0 else ("ours", "plain")):
+            command = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--device", args.device]
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if done.returncode != 0:
+                sys.exit(f"{side} run failed:\n{done.stderr[-3000:]}")
+            runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    median = lambda values: statistics.median(values)  # noqa: E731
+    plain, ours = ({key: median([run[key] for run in runs[side]]) for key in runs[side][0]} for side in ("plain", "ours"))
+    ratios = [o["tokens_per_sec"] / p["tokens_per_sec"] for o, p in zip(runs["ours"], runs["plain"])]
     print(f"LoRA r{args.rank} SFT, {args.shape} shape, batch {args.batch} x seq {args.seq}, {args.device}, "
           f"{'bf16' if args.bf16 else 'fp32'}{', gradient checkpointing' if args.gradient_checkpointing else ''}, "
-          f"{args.steps - args.warmup} timed steps")
+          f"{args.steps - args.warmup} timed steps, median of {args.repeats} interleaved repeats")
     print(f"| {'':<22} | {'tokens/s':>10} | {'peak memory (GB)':>16} | {'last loss':>9} |")
     print(f"|{'-' * 24}|{'-' * 12}|{'-' * 18}|{'-' * 11}|")
     for name, row in (("plain PyTorch + PEFT", plain), ("lit-factory", ours)):
         print(f"| {name:<22} | {row['tokens_per_sec']:>10.0f} | {row['peak_gb']:>16.2f} | {row['last_loss']:>9.4f} |")
-    print(f"| {'ratio ours / plain':<22} | {ours['tokens_per_sec'] / plain['tokens_per_sec']:>10.3f} | "
+    print(f"| {'ratio ours / plain':<22} | {median(ratios):>10.3f} | "
           f"{ours['peak_gb'] / plain['peak_gb']:>16.3f} | {'':>9} |")
+    print("tokens/s ratio of each repeat: " + ", ".join(f"{ratio:.3f}" for ratio in ratios))
 
 
 if __name__ == "__main__":

@@ -161,7 +161,9 @@ def run_tool_subcommand(name: str, args: list[str]) -> int:
     from importlib import import_module
 
     from lit_factory.errors import LitFactoryError
+    from lit_factory.quiet import silence_library_noise
 
+    silence_library_noise()
     target, _ = TOOL_SUBCOMMANDS[name]
     module, function = target.split(":")
     try:

@@ -31,10 +31,17 @@ def summarise_parser_error(message: str) -> str:
         option = unknown.group(1) or f"--{unknown.group(2)}"
         return (f"{option}: no such option ({message.strip()}). Fix: check its spelling and section; "
                 "`lit-factory fit --config RECIPE --help` lists every option.")
-    keys = re.findall(r'Parser key "([^"]+)"', message)
+    parts = re.split(r'Parser key "([^"]+)"', message)  # text, key, text, key, ... (outermost key first)
+    keys, between = parts[1::2], parts[2::2]
     if not keys:
         return message
-    key = ".".join(keys)
+    key = keys[0]
+    for text, inner in zip(between, keys[1:]):  # an inner key of a class_path lives under its init_args
+        key += (".init_args." if "Problem with given class_path" in text else ".") + inner
+    if re.search(r"Given value type: <class 'str'>\s*\n\s*Given value: None\b", message) and \
+            "Expected a <class 'NoneType'>" in message:
+        return (f"{key}: null given on the command line is read as text there, not as an empty value. Fix: set "
+                f"`{key.split('.')[-1]}: null` in a recipe passed with another --config (or leave the key out).")
     missing_class = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(module [^\n]+|No module[^\n]+)",
                               message)
     if missing_class is not None:
@@ -96,10 +103,26 @@ class FactoryCLI(LightningCLI):
             user_error = _user_error_in_chain(err)
             if user_error is not None:
                 raise user_error from None
+            missing = _missing_package(err)
+            if missing is not None:
+                raise missing from None
             if isinstance(err, MisconfigurationException) or _raised_by_trainer_checks(err):
                 reason = " ".join(str(err).split())
                 raise LitFactoryError(f"trainer: {reason} Fix: change that trainer setting in the recipe.") from None
             raise
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        # The terminal's progress bar counts optimizer steps and prints the run's summary once closed; a recipe
+        # that names a progress bar of its own, or turns the bar off, keeps its choice.
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from lit_factory.callbacks import StepProgressBar
+
+        given = config.get("callbacks") or []
+        named = [*(given if isinstance(given, list) else [given]), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in named):
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         return guard_checkpoint_path(super()._prepare_subcommand_kwargs(subcommand))
@@ -120,6 +143,30 @@ class FactoryCLI(LightningCLI):
         parser.link_arguments(  # a vision-language model's image plugin (None for text models)
             "model", "data.init_args.media", compute_fn=lambda stage: stage.media, apply_on="instantiate"
         )
+
+
+def _missing_package(err: BaseException) -> Optional[LitFactoryError]:
+    """A class named in the recipe (a logger, an optimizer) whose package is not installed: which one to install."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    missing = next((e for e in chain if isinstance(e, ImportError)), None)
+    if missing is None:
+        return None
+    text = " ".join(str(missing).split())
+    named = next((m.group(1) for e in chain if (m := re.search(r"given class_path '([^']+)'", str(e)))), None)
+    requirement = re.search(r"Requirement '([^']+)' not met", text)  # Lightning's RequirementCache
+    module = getattr(missing, "name", None) or ""
+    if requirement is None and (not isinstance(missing, ModuleNotFoundError) or not module
+                                or module.split(".")[0] == "lit_factory"):
+        return None  # not a third-party package that is absent: a real error, with its traceback
+    package = requirement.group(1) if requirement else module.split(".")[0]
+    where = f"{named} needs" if named else "the recipe needs"
+    detail = "" if requirement else f" ({text[:200]})"
+    return LitFactoryError(f"{where} the package {package!r}, which is not installed{detail}. Fix: pip install "
+                           f"'{package}', or name another class in the recipe.")
 
 
 def _raised_by_trainer_checks(err: BaseException) -> bool:
@@ -242,19 +289,12 @@ def _user_error_in_chain(err: BaseException) -> Optional[LitFactoryError]:
 
 def run_trainer_subcommand(args: Optional[list[str]]) -> None:
     """Run fit/validate/test/predict; ``args=None`` reads ``sys.argv``."""
-    import logging
-    import warnings
-
     from lightning.pytorch import LightningDataModule
 
+    from lit_factory.quiet import silence_library_noise
     from lit_factory.stages.base import Stage
 
-    # Lightning's product tips (litlogger, litmodels) are nothing a user of a run can act on.
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda record: "💡 Tip" not in record.getMessage())
-    # `lit-factory` hands LightningCLI the command line it was given (with shipped recipe paths resolved), which
-    # Lightning takes for a mix of Python and command-line arguments.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    silence_library_noise()
 
     FactoryCLI(
         Stage,

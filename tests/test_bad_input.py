@@ -8,6 +8,7 @@ import instead of sixty. Checkpoint cases share one tiny trained checkpoint (mod
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import http.server
 import json
 import pickle
@@ -27,6 +28,11 @@ TINY_CONFIG = json.dumps(dict(model_type="qwen2", hidden_size=32, intermediate_s
                               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                               tie_word_embeddings=True))
 OTHER_SHAPE = json.dumps({**json.loads(TINY_CONFIG), "hidden_size": 64, "intermediate_size": 128})
+
+# A logger class whose tracking package is not installed here: (class name, the package it names).
+ABSENT_LOGGER = next(((cls, package) for cls, module, package in (
+    ("WandbLogger", "wandb", "wandb"), ("CometLogger", "comet_ml", "comet-ml"), ("NeptuneLogger", "neptune", "neptune"),
+    ("MLFlowLogger", "mlflow", "mlflow")) if importlib.util.find_spec(module) is None), None)
 
 # Runs each case in a forked child of one process that has imported the heavy libraries already.
 DRIVER = r"""
@@ -207,6 +213,12 @@ def build_cases(root: Path, ckpt: Path, evil_url: str, base: Path, taken_port: i
         "dataset_unknown_column": (fit_data("bad_column"), "no_such_column"),
         "dataset_unknown_formatting": (fit_data("bad_formatting"), "markdown"),
         "template_unknown": (fit("--data.init_args.template", "no_such_template"), "no_such_template"),
+        # Loggers whose package is missing, null on the command line, quantizing a model built from a config.
+        **({"logger_package_missing": (fit("--trainer.logger", f"lightning.pytorch.loggers.{ABSENT_LOGGER[0]}"),
+                                       f"pip install '{ABSENT_LOGGER[1]}")} if ABSENT_LOGGER else {}),
+        "config_null_on_command_line": (fit("--model.init_args.model.config", "null"),
+                                        "model.init_args.model.config: null given on the command line"),
+        "quantization_of_inline_config": (fit("--model.init_args.model.quantization", "nf4"), "model.quantization"),
         # export
         "export_missing_model": (["export", "--model", str(root / "no_model"), "--output", str(root / "out1")],
                                  "--model: "),

@@ -78,6 +78,15 @@ def test_model_patch_keys_map_to_builder_options():
     assert "liger_kernel" not in recipe(enable_liger_kernel=False)["model"]["init_args"]["model"]
 
 
+def test_plot_loss_adds_the_loss_plot_callback_and_tensorboard_logs_no_hp_metric():
+    callbacks = recipe(plot_loss=True)["trainer"]["callbacks"]
+    assert callbacks[0] == {"class_path": "lit_factory.callbacks.LossPlot"}
+    assert callbacks[-1]["class_path"].endswith("ModelCheckpoint")  # overrides keep reaching the last callback
+    assert all(not c["class_path"].endswith("LossPlot") for c in recipe()["trainer"]["callbacks"])
+    logger = recipe(report_to="tensorboard")["trainer"]["logger"]["init_args"]
+    assert logger["default_hp_metric"] is False
+
+
 def test_lora_keys_and_llamafactory_defaults():
     lora = recipe(lora_target="all")["model"]["init_args"]["finetuning"]
     assert lora == {"class_path": "lit_factory.model.LoRA",

@@ -190,7 +190,8 @@ def _trainer_section(trainer: dict[str, Any], form: TrainForm, workspace: Worksp
     # The run's folder is exactly <output_dir>/<run_name>: the board knows where events and checkpoints land.
     trainer["logger"] = {
         "class_path": panels.LOGGERS[form.logger],
-        "init_args": {"save_dir": str(output_dir.parent), "name": output_dir.name, "version": run_name},
+        "init_args": {"save_dir": str(output_dir.parent), "name": output_dir.name, "version": run_name,
+                      **({"default_hp_metric": False} if form.logger == "tensorboard" else {})},  # no hp_metric at -1
     }
     log_dir = str(output_dir / run_name)
     callbacks = [c for c in _as_callbacks(trainer.get("callbacks"))

@@ -35,7 +35,6 @@ NO_EFFECT = {
     "overwrite_output_dir": "outputs in output_dir are replaced file by file",
     "overwrite_cache": "the tokenized-data cache is keyed by its inputs and rebuilt when they change",
     "ddp_timeout": "Lightning's default process-group timeout applies",
-    "plot_loss": "the loss curve is logged (output_dir/metrics.csv, TensorBoard with report_to: tensorboard)",
     "badam_verbose": "BAdam's switches are not printed",
     "use_reentrant_gc": "transformers' default checkpointing mode applies",
     "gradient_checkpointing_kwargs": "transformers' default checkpointing mode applies",
@@ -452,6 +451,10 @@ def _trainer(keys: _Keys, accumulate: int) -> dict[str, Any]:
     if limit:
         checkpoint.update(save_top_k=int(limit), monitor="step", mode="max")  # keep the newest, as transformers
     trainer["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint}]
+    if keys.take("plot_loss", False, "trainer.callbacks (lit_factory.callbacks.LossPlot)"):
+        # training_loss.png / training_eval_loss.png in output_dir, as LLaMA-Factory's plot_loss; first, so that
+        # --trainer.callbacks.init_args.* overrides keep reaching the checkpoint callback (the last one).
+        trainer["callbacks"].insert(0, {"class_path": "lit_factory.callbacks.LossPlot"})
     return trainer
 
 
@@ -491,8 +494,10 @@ def _logger(keys: _Keys, output_dir: str) -> dict[str, Any]:
     if report in ("none", None, "tensorboard"):
         # With report_to: none LLaMA-Factory still writes a local log (trainer_log.jsonl); ours is metrics.csv.
         class_path = "TensorBoardLogger" if report == "tensorboard" else "CSVLogger"
-        return {"class_path": f"lightning.pytorch.loggers.{class_path}",
-                "init_args": {"save_dir": output_dir, "name": "", "version": ""}}
+        init_args = {"save_dir": output_dir, "name": "", "version": ""}
+        if class_path == "TensorBoardLogger":
+            init_args["default_hp_metric"] = False  # no hp_metric stuck at -1
+        return {"class_path": f"lightning.pytorch.loggers.{class_path}", "init_args": init_args}
     if report in ("wandb", "mlflow"):
         class_path = {"wandb": "WandbLogger", "mlflow": "MLFlowLogger"}[report]
         return {"class_path": f"lightning.pytorch.loggers.{class_path}", "init_args": {"save_dir": output_dir}}

@@ -112,6 +112,7 @@ class Stage(pl.LightningModule):
         self._step_started: Optional[float] = None
         self._window = _StepWindow()
         self._in_training_step = False
+        self.saved_output: Optional[tuple[str, Path]] = None  # ("model" or "adapter", folder) once on_train_end saved
         # Adapter runs checkpoint only what trains; the frozen base is rebuilt from `model.path` on resume.
         self.strict_loading = not self._checkpoints_trainable_only
 
@@ -200,9 +201,17 @@ class Stage(pl.LightningModule):
         loss = loss * (accumulate / window.batches)
         share = loss.detach() / accumulate
         window.objective = share if window.objective is None else window.objective + share
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        if self._loggers_write_this_step():
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         self._log_throughput(batch)
         return loss
+
+    def _loggers_write_this_step(self) -> bool:
+        """Whether Lightning writes this optimizer step's values to the loggers (every ``log_every_n_steps``).
+        Values only the loggers read are logged only then: each ``self.log`` costs Lightning about a millisecond of
+        bookkeeping, per micro-batch (``train/loss`` is logged every step: callbacks may read it)."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and ((self.trainer.global_step + 1) % every == 0 or self.trainer.should_stop)
 
     def _enter_window(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Start a new ``_StepWindow`` at the first micro-batch of an optimizer step (all ranks add up its count)."""
@@ -244,7 +253,7 @@ class Stage(pl.LightningModule):
     def _log_throughput(self, batch: dict[str, torch.Tensor]) -> None:
         # Time from one step's start to the next covers data loading, forward, backward and optimizer together.
         now = time.perf_counter()
-        if self._step_started is not None:
+        if self._step_started is not None and self._loggers_write_this_step():
             tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
             self.log("train/tokens_per_sec", tokens / max(now - self._step_started, 1e-9))
         self._step_started = now
@@ -318,6 +327,7 @@ class Stage(pl.LightningModule):
             if self.trainer.is_global_zero:
                 saved = self.save_pretrained(self.output_dir())
                 kind = "adapter" if self.finetuning is not None and self.finetuning.saves_adapter else "model"
+                self.saved_output = (kind, saved)  # for the summary the terminal prints (lit_factory.callbacks)
                 rank_zero_info(f"Saved the trained {kind} and tokenizer (Hugging Face format) to {saved}")
 
     def output_dir(self) -> Path:

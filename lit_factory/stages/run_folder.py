@@ -19,11 +19,11 @@ from lit_factory.errors import LitFactoryError
 OUTPUTS_MANIFEST = ".lit-factory-outputs.json"
 
 #: What Lightning (checkpoints, TensorBoard/CSV loggers, LightningCLI's config), ``lit-factory predict`` and the
-#: board (recipe, log, progress) write into a run folder besides the saved model.
+#: board (recipe, log, progress) and ``LossPlot`` (training_*.png) write into a run folder besides the saved model.
 RUN_FOLDER_ENTRIES = (
     OUTPUTS_MANIFEST, ".saving", "checkpoints", "lightning_logs", "hparams.yaml", "metrics.csv", "config.yaml",
     "events.out.tfevents.*", "recipe.yaml", "board.log", "progress.json", "generated_predictions.jsonl",
-    "predict_results.json",
+    "predict_results.json", "training_*.png",
 )
 
 

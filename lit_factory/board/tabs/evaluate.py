@@ -52,7 +52,7 @@ def predict_recipe(model: str, adapter: str, tokenizer: str, dataset_dir: str, d
     workspace.path(out / run_name.strip(), "output folder", "inside")
     recipe["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                    "init_args": {"save_dir": str(out.parent), "name": out.name,
-                                                 "version": run_name.strip()}}
+                                                 "version": run_name.strip(), "default_hp_metric": False}}
     check_recipe_paths(recipe, workspace)
     return recipe
 
