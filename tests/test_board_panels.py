@@ -136,6 +136,7 @@ def test_panel_values_land_in_the_recipe_fit_reads_and_the_command_matches(case,
     ({"model_path": "Qwen/Qwen2.5-0.5B", "quantization": "nf4"}, "only adapters train on a quantized model"),
     ({"optimizer": "GaLore", "method": "LoRA", "method_options": ""}, "optimizer GaLore: trains every parameter"),
     ({"shift_attn": True, "attn_implementation": "eager"}, "S²-Attn: runs on SDPA"),
+    ({"liger_kernel": True}, "Liger kernels: liger-kernel is not installed"),
     ({"devices": "two"}, "devices: 'two'"),
     ({"strategy": "warp_drive"}, "strategy: 'warp_drive' is unknown"),
     ({"stage": "DPO", "dpo_loss_type": "cubic"}, "DPO loss_type: 'cubic' is unknown"),
@@ -149,6 +150,17 @@ def test_bad_panel_values_are_one_line_errors(workspace, changes, message):
     with pytest.raises(LitFactoryError) as raised:
         build("quickstart.yaml", workspace, **changes)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_liger_toggle_where_liger_is_installed_lands_in_the_recipe(workspace, capsys, monkeypatch):
+    monkeypatch.setattr(panels, "liger_available", lambda: True)  # liger-kernel needs CUDA; not installable here
+    _, recipe, _ = build("quickstart.yaml", workspace, liger_kernel=True)
+    assert dig(recipe, "model.init_args.model.liger_kernel") is True
+    path = workspace / "recipe.yaml"
+    path.write_text(recipe_yaml(recipe))
+    assert dig(resolved(["fit", "--config", str(path)], capsys), "model.init_args.model.liger_kernel") is True
+    _, plain, _ = build("quickstart.yaml", workspace)
+    assert "liger_kernel" not in plain["model"]["init_args"]["model"]
 
 
 def test_choices_come_from_the_classes_that_own_them():

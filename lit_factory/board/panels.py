@@ -63,6 +63,11 @@ def attentions() -> list[str]:
             if name != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None]
 
 
+def liger_available() -> bool:
+    """Whether liger-kernel is installed (``ModelArgs.liger_kernel`` needs it, and CUDA at run time)."""
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
 def rope_scalings() -> list[str]:
     return [NONE, *_model_arg_choices("rope_scaling")]
 
@@ -139,6 +144,7 @@ def read_model_options(model_args: dict[str, Any]) -> dict[str, Any]:
         attn_implementation=merged.get("attn_implementation") or "sdpa",
         rope_scaling=merged.get("rope_scaling") or NONE,
         shift_attn=bool(merged.get("shift_attn")),
+        liger_kernel=bool(merged.get("liger_kernel")),
         neftune_alpha=merged.get("neftune_alpha") or 0.0,
         gradient_checkpointing=bool(merged.get("gradient_checkpointing")),
     )
@@ -223,6 +229,10 @@ def write_model_options(model_args: dict[str, Any], form: Any, method: str) -> N
     if form.shift_attn and attention != "sdpa":
         raise LitFactoryError("S²-Attn: runs on SDPA attention. Fix: set attention to sdpa or turn S²-Attn off.")
     _set(model_args, "shift_attn", bool(form.shift_attn), False)
+    if form.liger_kernel and not liger_available():
+        raise LitFactoryError("Liger kernels: liger-kernel is not installed. Fix: pip install 'lit-factory[liger]' "
+                              "on a CUDA machine, or turn Liger off.")
+    _set(model_args, "liger_kernel", bool(form.liger_kernel), False)
     _set(model_args, "neftune_alpha", parse_number("NEFTune alpha", form.neftune_alpha or 0, float, 0), 0.0)
     _set(model_args, "gradient_checkpointing", bool(form.gradient_checkpointing), False)
 

@@ -43,6 +43,7 @@ class TrainForm:
     attn_implementation: str = "sdpa"
     rope_scaling: str = panels.NONE
     shift_attn: bool = False
+    liger_kernel: bool = False
     neftune_alpha: float = 0.0
     gradient_checkpointing: bool = False
     stage: str = "SFT"

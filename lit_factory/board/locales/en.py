@@ -118,6 +118,7 @@ LABELS = {
     "rope_scaling.info": "Stretch positions to the cutoff length.",
     "neftune_alpha": "NEFTune alpha",
     "shift_attn": "S²-Attn (LongLoRA)",
+    "liger_kernel": "Liger kernels (CUDA)",
     "gradient_checkpointing": "Gradient checkpointing",
     "packing": "Packing",
     "optimizer": "Optimizer",

@@ -118,6 +118,7 @@ LABELS = {
     "rope_scaling.info": "Растянуть позиции до длины обрезки.",
     "neftune_alpha": "Шум NEFTune (alpha)",
     "shift_attn": "S²-Attn (LongLoRA)",
+    "liger_kernel": "Ядра Liger (CUDA)",
     "gradient_checkpointing": "Контрольные точки градиента",
     "packing": "Упаковка последовательностей",
     "optimizer": "Оптимизатор",

@@ -118,6 +118,7 @@ LABELS = {
     "rope_scaling.info": "把位置编码拉伸到截断长度。",
     "neftune_alpha": "NEFTune 噪声强度",
     "shift_attn": "S²-Attn（LongLoRA）",
+    "liger_kernel": "Liger 内核（CUDA）",
     "gradient_checkpointing": "梯度检查点",
     "packing": "序列打包",
     "optimizer": "优化器",

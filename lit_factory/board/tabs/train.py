@@ -88,6 +88,10 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
             field("neftune_alpha", gr.Number(start_form.neftune_alpha, label=word("neftune_alpha"), minimum=0,
                                              elem_id="neftune_alpha"))
             field("shift_attn", gr.Checkbox(start_form.shift_attn, label=word("shift_attn"), elem_id="shift_attn"))
+            # Liger's Triton kernels run on CUDA only: offered where liger-kernel is installed.
+            field("liger_kernel", gr.Checkbox(start_form.liger_kernel, label=word("liger_kernel"),
+                                              visible=panels.liger_available() or start_form.liger_kernel,
+                                              elem_id="liger_kernel"))
             field("gradient_checkpointing", gr.Checkbox(start_form.gradient_checkpointing,
                                                         label=word("gradient_checkpointing"),
                                                         elem_id="gradient_checkpointing"))
