@@ -11,7 +11,7 @@ import torch
 
 from lit_factory.data.datamodule import DataModule
 from lit_factory.model import LoRA, ModelArgs
-from lit_factory.model.adapters import decoder_layers
+from lit_factory.model.layers import decoder_layers
 from lit_factory.stages import DPO, SFT
 from tiny_models import DEMO, quiet_trainer, save_tiny_base
 
