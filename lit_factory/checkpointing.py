@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.io import fsync_folder
 
 STAGING_SUFFIX = ".saving"
 
@@ -27,16 +28,6 @@ STAGING_SUFFIX = ".saving"
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":  # Windows cannot open a folder for fsync; its rename is durable enough
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class AtomicCheckpointIO(CheckpointIO):
@@ -62,7 +53,7 @@ class AtomicCheckpointIO(CheckpointIO):
         self.wrapped.save_checkpoint(checkpoint, staging, storage_options)
         _fsync(staging)
         os.replace(staging, target)
-        _fsync_folder(target.parent)
+        fsync_folder(target.parent)
 
     def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, **kwargs: Any) -> dict[str, Any]:
         return self.wrapped.load_checkpoint(path, map_location=map_location, **kwargs)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +17,7 @@ openai = pytest.importorskip("openai")
 
 from lit_factory.infer.engine import ChatEngine, GenerationArgs  # noqa: E402
 from lit_factory.model.builder import ModelArgs  # noqa: E402
+from serving import running_server  # noqa: E402
 from tiny_models import save_peaked_chat_model  # noqa: E402
 
 KEY, NAME = "test-key", "tiny"
@@ -32,29 +31,9 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(saved_model: Path) -> Iterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lit_factory", "serve", "--model", str(saved_model), "--template", "chatml",
-         "--temperature", "0", "--max_new_tokens", "10", "--port", str(port), "--api-key", KEY,
-         "--model-name", NAME, "--max-request-bytes", "4096"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if request(port, "GET", "/v1/models")[0] == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start:\n{process.stdout.read()}")
-        time.sleep(0.5)
-    yield port
-    process.terminate()
-    process.wait(timeout=30)
+    with running_server(saved_model, "--max_new_tokens", "10", "--model-name", NAME, "--max-request-bytes", "4096",
+                        key=KEY) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,7 @@ loopback, driven by the official `openai` client; references are plain transform
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +14,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
+from serving import running_server  # noqa: E402
 from tiny_models import save_peaked_chat_model  # noqa: E402
 
 KEY, NAME = "test-key", "tiny"
@@ -33,31 +30,10 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def api(saved_model: Path) -> Iterator["openai.OpenAI"]:
-    from test_serve import client, request
+    from test_serve import client
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lit_factory", "serve", "--model", str(saved_model), "--template", "chatml",
-         "--temperature", "0", "--max_new_tokens", "12", "--port", str(port), "--api-key", KEY,
-         "--model-name", NAME],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if request(port, "GET", "/v1/models")[0] == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start:\n{process.stdout.read()}")
-        time.sleep(0.5)
-    yield client(port)
-    process.terminate()
-    process.wait(timeout=30)
+    with running_server(saved_model, "--max_new_tokens", "12", "--model-name", NAME, key=KEY) as port:
+        yield client(port)
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from serving import free_port, running_server  # noqa: E402
 from tiny_models import save_peaked_chat_model  # noqa: E402
 
 NAME = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,29 +29,9 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def port(saved_model: Path) -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lit_factory", "serve", "--model", str(saved_model), "--template", "chatml",
-         "--temperature", "0", "--max_new_tokens", "8", "--port", str(port), "--model-name", NAME,
-         "--max-request-bytes", "65536", "--max-queued-requests", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/v1/models")
-            if connection.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start:\n{process.stdout.read()}")
-        time.sleep(0.5)
-    yield port
-    process.terminate()
-    process.wait(timeout=30)
+    with running_server(saved_model, "--max_new_tokens", "8", "--model-name", NAME, "--max-request-bytes", "65536",
+                        "--max-queued-requests", "1") as port:
+        yield port
 
 
 def post(port: int, body: bytes, chunked: bool = False) -> tuple[int, dict]:

@@ -11,7 +11,7 @@ import torch
 from lit_factory.data.datamodule import DataModule
 from lit_factory.model import Freeze, LoRA, ModelArgs
 from lit_factory.stages import SFT, PreTrain
-from tiny_models import DEMO, quiet_trainer, save_tiny_base
+from tiny_models import DEMO, quiet_trainer, save_tiny_base, sparrow_data
 
 
 class LossRecorder(pl.Callback):
@@ -25,13 +25,6 @@ class LossRecorder(pl.Callback):
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
     return save_tiny_base(tmp_path_factory.mktemp("base"))
-
-
-def sparrow_data(tokenizer, **overrides) -> DataModule:
-    options = dict(dataset="sparrow_sft", dataset_dir=DEMO, tokenizer=tokenizer, template="chatml",
-                   cutoff_len=64, batch_size=4, shuffle=False)
-    options.update(overrides)
-    return DataModule(**options)
 
 
 trainer = quiet_trainer

@@ -11,21 +11,14 @@ import torch
 
 from lit_factory.data.datamodule import DataModule
 from lit_factory.model import LoRA, ModelArgs
-from lit_factory.model.adapters import decoder_layers
+from lit_factory.model.layers import decoder_layers
 from lit_factory.stages import DPO, SFT
-from tiny_models import DEMO, quiet_trainer, save_tiny_base
+from tiny_models import DEMO, quiet_trainer, save_tiny_base, sparrow_data
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
     return save_tiny_base(tmp_path_factory.mktemp("base"))
-
-
-def sparrow_data(tokenizer, **overrides) -> DataModule:
-    options = dict(dataset="sparrow_sft", dataset_dir=DEMO, tokenizer=tokenizer, template="chatml",
-                   cutoff_len=64, batch_size=4, shuffle=False)
-    options.update(overrides)
-    return DataModule(**options)
 
 
 class ModeProbe(pl.Callback):

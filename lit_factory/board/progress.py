@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_factory.io import write_text_atomically
+
 PROGRESS_FILE = "progress.json"
 
 
@@ -47,9 +49,7 @@ class ProgressFile(Callback):
             "status": status,
             "updated": time.time(),
         }
-        staging = path.with_suffix(".tmp")
-        staging.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(staging, path)  # atomic: the board never reads half a file
+        write_text_atomically(path, json.dumps(record))  # atomic: the board never reads half a file
         self._last_write = time.time()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from lit_factory.board.progress import PROGRESS_FILE
 from lit_factory.board.workspace import Workspace
 from lit_factory.errors import LitFactoryError
+from lit_factory.io import write_text_atomically
 
 RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "board.log"
@@ -100,9 +101,7 @@ class RunManager:
                 )
             folder.mkdir(parents=True, exist_ok=True)
             recipe_path = folder / RECIPE_FILE
-            staging = recipe_path.with_suffix(".tmp")
-            staging.write_text(recipe_text, encoding="utf-8")
-            os.replace(staging, recipe_path)
+            write_text_atomically(recipe_path, recipe_text)
             (folder / PROGRESS_FILE).unlink(missing_ok=True)
             # `python -m lit_factory` is `lit-factory` for the interpreter running the board (same environment).
             arguments = [subcommand, "--config", str(recipe_path), *(["--ckpt_path", ckpt_path] if ckpt_path else [])]

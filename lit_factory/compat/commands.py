@@ -16,6 +16,7 @@ from typing import Optional, Union
 
 from lit_factory.compat.llamafactory import Translation, read_llamafactory_file, translate
 from lit_factory.errors import LitFactoryError
+from lit_factory.io import write_text_atomically
 
 # LLaMA-Factory verb -> our subcommand (`eval` keeps its name: ours is the same MMLU-style benchmark).
 VERBS = {"train": "fit", "webui": "board", "api": "serve", "chat": "chat", "export": "export", "eval": "eval"}
@@ -142,10 +143,7 @@ def convert_main(argv: Optional[list[str]] = None) -> int:
     output = Path(options.output)
     if output.exists():
         raise LitFactoryError(f"convert -o {output}: the file exists; choose a new path (it is never overwritten)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f".{output.name}.partial")
-    staging.write_text(text, encoding="utf-8")
-    staging.replace(output)
+    write_text_atomically(output, text)
     print(f"Wrote {output}: lit-factory fit --config {output}")
     return 0
 

@@ -319,17 +319,6 @@ class DataModule(pl.LightningDataModule):
         return self._loader(self.val_set, self.eval_batch_size, False, split="val")
 
     def predict_dataloader(self) -> "DataLoader":
-        """Every example of the datasets as a left-padded generation prompt with its reference reply in
-        ``labels_text`` (ranking data: the chosen reply), in order, ``eval_batch_size`` per batch."""
-        from dataclasses import replace
-
-        settings = replace(self.preprocessing, objective="prompt", packing=False)
-        parts = [prepare_dataset(name, self.dataset_dir, self.tokenizer, self.template, settings, self.media)
-                 for name in self.dataset_names]
-        data = mix_datasets(parts, self.mix_strategy, self.interleave_probs, self.seed)
-        return self._loader(data, self.eval_batch_size, False, PromptCollator(self.pad_token_id, True))
-
-    def predict_dataloader(self) -> "DataLoader":
         """Every row of the datasets, in order and unsplit, as LEFT-padded generation prompts (the conversation up
         to its last reply) with that reply as ``labels_text``, ``eval_batch_size`` rows per batch (for
         ``lit-factory predict``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from lit_factory.data.align import (
     SKIP_COLUMN, align_batch_fn, align_dataset, align_text, check_columns, standard_features,
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Objective = Literal["supervised", "pretrain", "pairwise", "kto", "prompt"]
 OBJECTIVES = ("supervised", "pretrain", "pairwise", "kto", "prompt")
 
 

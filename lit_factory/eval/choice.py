@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.io import write_text_atomically
 
 if TYPE_CHECKING:
     from lit_factory.data.templates import Template
@@ -240,8 +241,6 @@ def save_results(results: dict[str, Any], directory: Path) -> Path:
     """Write ``results.json`` into ``directory`` atomically (temp file, then rename)."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / "results.json"
-    staging = directory / ".results.json.tmp"
-    staging.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-    staging.replace(target)
+    write_text_atomically(target, json.dumps(results, indent=2, ensure_ascii=False))
     print(f"Saved results to {target}")
     return target

@@ -9,12 +9,12 @@ written to a temporary name and renamed, so a crash never leaves half a file.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lit_factory.infer.engine import GenerationArgs, generate_batch
+from lit_factory.io import write_text_atomically
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 METRICS_FILE = "predict_results.json"
@@ -32,12 +32,6 @@ def predict_batch(
         rows.append({"prompt": prompt, "label": label, "predict": reply.text,
                      "completion_tokens": reply.completion_tokens})
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
 
 
 def write_predictions(
@@ -58,6 +52,6 @@ def write_predictions(
         "generation": asdict(generation),
     })
     lines = [json.dumps({k: r[k] for k in ("prompt", "label", "predict")}, ensure_ascii=False) for r in rows]
-    _write_atomic(directory / PREDICTIONS_FILE, "".join(line + "\n" for line in lines))
-    _write_atomic(directory / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False))
+    write_text_atomically(directory / PREDICTIONS_FILE, "".join(line + "\n" for line in lines))
+    write_text_atomically(directory / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False))
     return metrics

@@ -33,8 +33,8 @@ def expand_model(model_path: str, output: str, num_expand: int, trust_remote_cod
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lit_factory.model.adapters import decoder_layers
-    from lit_factory.model.export import write_atomically
+    from lit_factory.io import write_folder_atomically
+    from lit_factory.model.layers import decoder_layers
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto", trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -74,7 +74,7 @@ def expand_model(model_path: str, output: str, num_expand: int, trust_remote_cod
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
 
-    return write_atomically(Path(output), save)
+    return write_folder_atomically(Path(output), save)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from lit_factory.errors import LitFactoryError
-from lit_factory.permissions import apply_umask_modes
+from lit_factory.io import write_folder_atomically
 
 
 def write_atomically(output: Path, write: Callable[[Path], None]) -> Path:
@@ -18,20 +16,7 @@ def write_atomically(output: Path, write: Callable[[Path], None]) -> Path:
     so an interrupted export never leaves a half-written model where a reader would load it."""
     if output.exists() and any(output.iterdir()):
         raise LitFactoryError(f"--output: {str(output)!r} exists and is not empty; choose a new folder")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for stale in output.parent.glob(f".{output.name}.*"):  # staging of an export that was killed
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        write(staging)
-        apply_umask_modes(staging)  # mkdtemp's 0700 and transformers' 0600 safetensors: readable as umask allows
-        if output.exists():
-            output.rmdir()
-        staging.replace(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+    return write_folder_atomically(output, write)
 
 
 def export_model(

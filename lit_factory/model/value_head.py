@@ -6,7 +6,6 @@ adapter onto the same base (as a second PEFT adapter) and this head on top.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.io import write_file_atomically
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -68,10 +68,8 @@ def save_value_head(head: ValueHead, directory: str | Path) -> Path:
     from safetensors.torch import save_file
 
     target = Path(directory) / VALUE_HEAD_FILE
-    staging = target.with_suffix(".tmp")
-    save_file({name: t.detach().cpu().contiguous() for name, t in head.state_dict().items()}, str(staging))
-    os.replace(staging, target)
-    return target
+    tensors = {name: t.detach().cpu().contiguous() for name, t in head.state_dict().items()}
+    return write_file_atomically(target, lambda staging: save_file(tensors, str(staging)))
 
 
 def load_value_head(directory: str | Path, device: str | torch.device = "cpu") -> ValueHead:

@@ -45,7 +45,7 @@ class BAdam(OptimizerFactory):
     def build(self, model: nn.Module) -> torch.optim.Optimizer:
         from badam import BlockOptimizer
 
-        from lit_factory.model.adapters import decoder_layers
+        from lit_factory.model.layers import decoder_layers
 
         if hasattr(model, "peft_config"):
             raise LitFactoryError("optimizer: BAdam trains whole layers; use it with full fine-tuning, not LoRA")

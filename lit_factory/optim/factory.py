@@ -32,8 +32,3 @@ def build_optimizer(optimizer: Union[OptimizerFactory, OptimizerCallable], model
     if isinstance(optimizer, OptimizerFactory):
         return optimizer.build(model)
     return optimizer([p for p in model.parameters() if p.requires_grad])
-
-
-def trainable_named_parameters(model: nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """``(name, parameter)`` for each parameter that trains."""
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]

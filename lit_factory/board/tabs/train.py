@@ -4,7 +4,6 @@ arguments, launch / stop / resume, and the run monitor."""
 from __future__ import annotations
 
 import html
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from lit_factory.board.locales import text
 from lit_factory.board.runs import RunManager, log_tail, loss_curve, progress_summary
 from lit_factory.board.workspace import folders_with
 from lit_factory.errors import LitFactoryError
+from lit_factory.io import write_text_atomically
 
 MONITOR_SECONDS = 2.0  # how often an open page redraws progress, log and loss curve
 # Fixed line colours per series (the browser test looks for them in a screenshot).
@@ -388,11 +388,7 @@ def save_recipe(workspace: Any, path: str, yaml_text: str) -> Path:
     if target.exists() and not target.read_text(encoding="utf-8", errors="replace").startswith(RECIPE_HEADER):
         raise LitFactoryError(f"arguments file: {target} exists and was not written by the board. Fix: choose "
                               "another name.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp")
-    staging.write_text(yaml_text, encoding="utf-8")
-    os.replace(staging, target)
-    return target
+    return write_text_atomically(target, yaml_text)
 
 
 def _dataset_choices(dataset_dir: str, workspace: Any) -> list[str]:

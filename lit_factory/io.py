@@ -1,0 +1,72 @@
+"""Atomic outputs: a file or folder is written beside its target under a hidden name and renamed into place, so a
+kill mid-write never leaves half an output under the name a reader (the board, ``--ckpt_path``, a loader) opens.
+
+A rename is atomic only within one file system, hence the staging lives in the target's own folder (not ``TMPDIR``).
+Staged outputs get the modes the user's umask gives a plain ``open()`` (see :mod:`lit_factory.permissions`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from lit_factory.permissions import apply_umask_modes, current_umask
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (the folder entry itself is data the kernel may still hold)."""
+    if os.name != "posix":  # Windows cannot open a folder for fsync; its rename is durable enough
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_file_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(staging_file)`` on a hidden file beside ``target``, fsync it, give it the umask's mode and rename
+    it onto ``target``. If ``write`` fails, ``target`` keeps its old content and the staging file is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    staging = Path(name)
+    try:
+        write(staging)
+        with open(staging, "rb") as written:
+            os.fsync(written.fileno())
+        os.chmod(staging, 0o666 & ~current_umask())  # mkstemp makes it 0600
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    fsync_folder(target.parent)
+    return target
+
+
+def write_text_atomically(target: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
+    return write_file_atomically(target, lambda staging: staging.write_text(text, encoding="utf-8"))
+
+
+def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(staging_dir)`` in a hidden folder beside ``output`` (which must be absent or empty) and move it
+    into place only when done; staging folders a killed earlier write left are removed first."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.glob(f".{output.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        write(staging)
+        apply_umask_modes(staging)  # mkdtemp's 0700 and transformers' 0600 safetensors: readable as umask allows
+        if output.exists():
+            output.rmdir()
+        staging.replace(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fsync_folder(output.parent)
+    return output
