@@ -191,13 +191,7 @@ class LoRA(Finetuning):
             if expert_count(model):
                 rank_zero_warn("finetuning: with LoRA dropout, DoRA or PiSSA/OLoRA, PEFT cannot adapt fused MoE "
                                "expert weights; only the attention and dense layers get adapters")
-        to_save = list(self.modules_to_save)
-        if train_embeddings:
-            # New token rows are untrained: without training the embeddings and head they stay noise.
-            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
-                name = _module_name(model, module).rsplit(".", 1)[-1]
-                if name not in to_save:
-                    to_save.append(name)
+        to_save = _modules_to_save(model, self.modules_to_save, train_embeddings)
         if self.target_modules == "all":
             # A VLM's projector left trainable (freeze_multi_modal_projector: false) trains fully, saved beside.
             to_save += [name for name in _vision_exclusions(model)[1] if name not in to_save]
@@ -271,12 +265,7 @@ class OFT(Finetuning):
         from peft import OFTConfig, TaskType
 
         targets, _ = _resolve_targets(model, self.target_modules, with_parameters=False)
-        to_save = list(self.modules_to_save)
-        if train_embeddings:
-            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
-                name = _module_name(model, module).rsplit(".", 1)[-1]
-                if name not in to_save:
-                    to_save.append(name)
+        to_save = _modules_to_save(model, self.modules_to_save, train_embeddings)
         if self.block_size:
             from torch import nn
 
@@ -301,6 +290,18 @@ class OFT(Finetuning):
         from peft import get_peft_model
 
         return get_peft_model(model, self.peft_config(model, train_embeddings))
+
+
+def _modules_to_save(model: "nn.Module", names: list[str], train_embeddings: bool) -> list[str]:
+    """The modules an adapter trains fully and saves beside itself: ``names``, plus the embeddings and head when
+    new tokens were added (their rows are untrained: without training the embeddings and head they stay noise)."""
+    to_save = list(names)
+    if train_embeddings:
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            name = _module_name(model, module).rsplit(".", 1)[-1]
+            if name not in to_save:
+                to_save.append(name)
+    return to_save
 
 
 def _matches(name: str, targets: Union[str, list[str]]) -> bool:
