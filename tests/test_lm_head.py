@@ -125,6 +125,18 @@ def test_models_with_other_heads_take_the_plain_path_and_say_why():
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def test_weights_gathered_only_inside_the_forward_take_the_plain_path():
+    """ZeRO-3 partitions (``ds_id``) and FSDP2's DTensors are whole only inside the model's own forward: the
+    chunked head, which calls the decoder and reads the head weight itself, must not use them."""
+    model = tiny_causal_lm("qwen2")
+    model.get_output_embeddings().weight.ds_id = 7  # what deepspeed.zero.Init marks a partitioned weight with
+    assert "ZeRO-3" in linear_head(model)
+    batch = labelled_batch()
+    full, chunked = (losses_and_gradients(head, model, *batch) for head in (FullLogits(), ChunkedLogits()))
+    for got, expected in zip(chunked[:3], full[:3]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 class LargestLogits(TorchDispatchMode):
     """Records the most rows of any vocabulary-wide tensor an op creates."""
 

@@ -137,6 +137,9 @@ def linear_head(causal_lm: torch.nn.Module) -> Union[LinearHead, str]:
     if type(head) is not torch.nn.Linear or head.bias is not None:  # LoRA/modules_to_save on lm_head, quantized
         return f"its lm_head is a {type(head).__name__}{' with a bias' if head.bias is not None else ''}, " \
                "not a plain bias-free Linear"
+    sharded = _sharded_weights(causal_lm)
+    if sharded:
+        return sharded
     rule = HEAD_TRANSFORMS[model_type]
     scale = 1.0
     if "multiply" in rule:
@@ -145,6 +148,21 @@ def linear_head(causal_lm: torch.nn.Module) -> Union[LinearHead, str]:
         scale = 1.0 / float(getattr(config, rule["divide"]))
     softcap = getattr(config, rule["softcap"], None) if "softcap" in rule else None
     return LinearHead(head.weight, scale, softcap)
+
+
+def _sharded_weights(causal_lm: torch.nn.Module) -> Optional[str]:
+    """Why the embeddings or head cannot be used outside the model's own forward, if they cannot: FSDP2 keeps
+    them as sharded DTensors until its root module's forward gathers them, ZeRO-3 as empty partitions until
+    each module's forward hook does (calling the decoder and the head weight directly would skip both)."""
+    for module in (causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()):
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            continue
+        if type(weight).__name__ == "DTensor" or type(weight.data).__name__ == "DTensor":
+            return "its weights are sharded by FSDP (gathered only inside the model's own forward)"
+        if hasattr(weight, "ds_id"):
+            return "its weights are partitioned by DeepSpeed ZeRO-3 (gathered only inside the model's own forward)"
+    return None
 
 
 class ChunkedLogits(FullLogits):
