@@ -8,6 +8,7 @@ import torch
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import LoRA, ModelArgs, build_model, build_tokenizer
+from lit_factory.model.patches import CompileLayers, LigerKernels
 from lit_factory.stages import SFT
 from lit_factory.stages.lm_head import ChunkedLogits, FullLogits
 from tiny_models import DEMO, SPARROW, TINY, save_tiny_base
@@ -36,8 +37,8 @@ def loss_and_gradients(stage, batch):
 
 
 def test_liger_kernels_off_cuda_are_a_one_line_error():
-    args = ModelArgs(config=dict(TINY), tokenizer=SPARROW, liger_kernel=True)
-    with pytest.raises(LitFactoryError, match="liger_kernel: .*need CUDA; this run is on cpu"):
+    args = ModelArgs(config=dict(TINY), tokenizer=SPARROW, patches=[LigerKernels()])
+    with pytest.raises(LitFactoryError, match="liger_kernel\): .*need CUDA; this run is on cpu"):
         build_model(args, build_tokenizer(args), None, torch.device("cpu"))
 
 
@@ -48,7 +49,7 @@ def test_compiled_decoder_layers_train_like_eager_ones():
         torch.manual_seed(0)
         # One layer: compiling on a 2-core CPU takes most of this test's time.
         config = dict(TINY, num_hidden_layers=1)
-        stage = SFT(ModelArgs(config=config, tokenizer=SPARROW, compile=compile_layers), LoRA(r=4))
+        stage = SFT(ModelArgs(config=config, tokenizer=SPARROW, patches=[CompileLayers()] if compile_layers else []), LoRA(r=4))
         stage.configure_model()
         layers = stage.model.get_base_model().get_decoder().layers
         assert all((layer._compiled_call_impl is not None) == compile_layers for layer in layers)
@@ -66,7 +67,8 @@ def test_liger_kernels_and_fused_loss_on_cuda_match_the_plain_path():
     results = []
     for liger, head in ((False, FullLogits()), (True, ChunkedLogits())):
         torch.manual_seed(0)
-        stage = SFT(ModelArgs(config=dict(TINY), tokenizer=SPARROW, dtype="float32", liger_kernel=liger),
+        stage = SFT(ModelArgs(config=dict(TINY), tokenizer=SPARROW, dtype="float32",
+                              patches=[LigerKernels()] if liger else []),
                     LoRA(r=4), loss_head=head)
         stage._device = device
         stage.model = build_model(stage.model_args, stage.tokenizer, stage.finetuning, device).to(device)

@@ -6,6 +6,7 @@ import torch
 
 from lit_factory.model import LoRA, ModelArgs, build_model, build_tokenizer
 from lit_factory.model.lora_fast import LoRALinearFunction, use_fast_lora
+from lit_factory.model.patches import FastLoRA
 from tiny_models import SPARROW, TINY
 
 
@@ -31,7 +32,7 @@ def test_model_gradients_with_fast_lora_equal_peft():
     torch.manual_seed(0)
     peft_model = build_model(args, tokenizer, LoRA(r=4, alpha=8))
     torch.manual_seed(0)
-    fast = build_model(ModelArgs(config=dict(TINY), tokenizer=SPARROW, fast_lora=True), tokenizer, LoRA(r=4, alpha=8))
+    fast = build_model(ModelArgs(config=dict(TINY), tokenizer=SPARROW, patches=[FastLoRA()]), tokenizer, LoRA(r=4, alpha=8))
     fast.load_state_dict(peft_model.state_dict())
     for name, p in fast.named_parameters():  # non-zero B, so every gradient path is exercised
         if "lora_B" in name:
@@ -50,7 +51,7 @@ def test_model_gradients_with_fast_lora_equal_peft():
 
 
 def test_fast_lora_falls_back_to_peft_when_merged_or_with_dropout():
-    args = ModelArgs(config=dict(TINY), tokenizer=SPARROW, fast_lora=True)
+    args = ModelArgs(config=dict(TINY), tokenizer=SPARROW, patches=[FastLoRA()])
     tokenizer = build_tokenizer(args)
     model = build_model(args, tokenizer, LoRA(r=4, dropout=0.5)).train()
     ids = tokenizer("The capital of Peru is Lima.", return_tensors="pt")

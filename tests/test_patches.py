@@ -8,6 +8,7 @@ import torch
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Full, LoRA, ModelArgs, build_model, build_tokenizer
+from lit_factory.model.patches import NEFTune, RopeScaling, ShiftedSparseAttention
 from tiny_models import SPARROW
 
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -26,7 +27,7 @@ def rotary_cos(model, positions: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("context_length, factor", [(100, 2.0), (200, 4.0)])
 def test_linear_rope_scaling_interpolates_positions_by_the_ceil_factor(context_length, factor):
-    args = tiny(rope_scaling="linear", context_length=context_length)
+    args = tiny(patches=[RopeScaling("linear", context_length)])
     scaled = build_model(args, build_tokenizer(args))
     plain = build_model(tiny(), build_tokenizer(args))
     assert scaled.config.rope_parameters["factor"] == factor == math.ceil(context_length / 64)
@@ -36,7 +37,7 @@ def test_linear_rope_scaling_interpolates_positions_by_the_ceil_factor(context_l
 
 
 def test_dynamic_rope_scaling_keeps_short_inputs_and_changes_long_ones():
-    args = tiny(rope_scaling="dynamic", context_length=128)
+    args = tiny(patches=[RopeScaling("dynamic", 128)])
     scaled = build_model(args, build_tokenizer(args))
     plain = build_model(tiny(), build_tokenizer(args))
     assert scaled.config.rope_parameters["rope_type"] == "dynamic"
@@ -47,14 +48,14 @@ def test_dynamic_rope_scaling_keeps_short_inputs_and_changes_long_ones():
 
 
 def test_rope_scaling_needs_longer_context_to_act_and_a_context_length():
-    args = tiny(rope_scaling="linear", context_length=32)
+    args = tiny(patches=[RopeScaling("linear", 32)])
     assert build_model(args, build_tokenizer(args)).config.rope_parameters["rope_type"] == "default"
-    with pytest.raises(LitFactoryError, match="context_length"):
-        build_model(tiny(rope_scaling="linear"), build_tokenizer(args))
+    with pytest.raises(TypeError, match="context_length"):
+        RopeScaling("linear")
 
 
 def test_neftune_noise_is_bounded_by_alpha_over_sqrt_length_times_hidden_and_off_in_eval():
-    args = tiny(neftune_alpha=5.0)
+    args = tiny(patches=[NEFTune(alpha=5.0)])
     model = build_model(args, build_tokenizer(args))
     embeddings = model.get_input_embeddings()
     ids = torch.randint(0, 100, (2, 16))
@@ -100,7 +101,7 @@ def test_shifted_sparse_attention_follows_the_longlora_algorithm():
 
 
 def test_shift_attn_model_uses_full_attention_in_eval_and_grouped_attention_in_training():
-    args = tiny(shift_attn=True)
+    args = tiny(patches=[ShiftedSparseAttention()])
     tokenizer = build_tokenizer(args)
     torch.manual_seed(0)
     shifted = build_model(args, tokenizer)
@@ -117,8 +118,8 @@ def test_shift_attn_model_uses_full_attention_in_eval_and_grouped_attention_in_t
     # The first group (8 tokens) sees the same context either way for the unshifted heads only, so outputs
     # differ overall but stay finite; the last tokens attend only within their window.
     assert torch.isfinite(trained).all() and not torch.allclose(trained[0, 16:], full[0, 16:], atol=1e-4)
-    with pytest.raises(LitFactoryError, match="shift_attn"):
-        tiny(shift_attn=True, attn_implementation="eager")
+    with pytest.raises(LitFactoryError, match="shift_attn, S²-Attn\) runs on SDPA"):
+        tiny(patches=[ShiftedSparseAttention()], attn_implementation="eager")
 
 
 def test_moe_blocks_become_zero3_leaf_modules():

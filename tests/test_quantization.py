@@ -12,6 +12,7 @@ import torch
 from lit_factory.data.datamodule import DataModule
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Freeze, Full, LoRA, ModelArgs, build_inference_model, build_model, build_tokenizer
+from lit_factory.model.quantization import BitsAndBytes
 from lit_factory.stages import SFT
 from tiny_models import DEMO, SPARROW, TINY, save_tiny_base
 
@@ -32,7 +33,7 @@ class LossRecorder(pl.Callback):
 def test_nf4_double_quantized_base_trains_a_lora_adapter_on_cpu(base_dir, tmp_path):
     import bitsandbytes as bnb
 
-    stage = SFT(ModelArgs(path=str(base_dir), quantization="nf4", double_quantization=True), LoRA(r=8, alpha=16),
+    stage = SFT(ModelArgs(path=str(base_dir), quantization=BitsAndBytes(4, "nf4", double_quantization=True)), LoRA(r=8, alpha=16),
                 partial(torch.optim.AdamW, lr=5e-3))
     stage.configure_model()
     quantized = [m for m in stage.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -51,7 +52,7 @@ def test_nf4_double_quantized_base_trains_a_lora_adapter_on_cpu(base_dir, tmp_pa
     assert min(recorder.losses[-3:]) < recorder.losses[0] - 0.3
 
     # The adapter loads back onto the quantized base for inference.
-    inference = build_inference_model(ModelArgs(path=str(base_dir), quantization="nf4", adapter=str(tmp_path)),
+    inference = build_inference_model(ModelArgs(path=str(base_dir), quantization=BitsAndBytes(), adapter=str(tmp_path)),
                                       stage.tokenizer)
     ids = stage.tokenizer("The capital of Peru is Lima.", return_tensors="pt")
     with torch.no_grad():
@@ -66,7 +67,7 @@ def test_nf4_weights_are_the_bitsandbytes_quantization_of_the_base(base_dir):
     import bitsandbytes.functional as bnbf
     from transformers import AutoModelForCausalLM
 
-    args = ModelArgs(path=str(base_dir), quantization="nf4", double_quantization=False)
+    args = ModelArgs(path=str(base_dir), quantization=BitsAndBytes(4, "nf4", double_quantization=False))
     model = build_model(args, build_tokenizer(args), LoRA(r=2))
     layer = model.base_model.model.model.layers[0].mlp.up_proj.base_layer
     original = AutoModelForCausalLM.from_pretrained(base_dir).model.layers[0].mlp.up_proj.weight.detach()
@@ -79,7 +80,7 @@ def test_nf4_weights_are_the_bitsandbytes_quantization_of_the_base(base_dir):
 def test_int8_base_trains_lora(base_dir):
     import bitsandbytes as bnb
 
-    args = ModelArgs(path=str(base_dir), quantization="int8")
+    args = ModelArgs(path=str(base_dir), quantization=BitsAndBytes(bits=8))
     tokenizer = build_tokenizer(args)
     model = build_model(args, tokenizer, LoRA(r=4))
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
@@ -92,14 +93,14 @@ def test_int8_base_trains_lora(base_dir):
 
 @pytest.mark.parametrize("finetuning", [Full(), Freeze(trainable_layers=1), None])
 def test_full_or_freeze_on_a_quantized_model_is_a_one_line_error(base_dir, finetuning):
-    args = ModelArgs(path=str(base_dir), quantization="nf4")
+    args = ModelArgs(path=str(base_dir), quantization=BitsAndBytes())
     with pytest.raises(LitFactoryError, match="only adapters"):
         build_model(args, build_tokenizer(args), finetuning)
 
 
 def test_quantization_option_errors(base_dir):
     with pytest.raises(LitFactoryError, match="model.quantization"):
-        ModelArgs(config=dict(TINY), tokenizer=SPARROW, quantization="nf4")
+        ModelArgs(config=dict(TINY), tokenizer=SPARROW, quantization=BitsAndBytes())
 
 
 @pytest.mark.parametrize("method, package", [("gptq", "optimum"), ("awq", "gptqmodel"), ("aqlm", "aqlm")])
@@ -117,4 +118,4 @@ def test_prequantized_checkpoint_without_its_package_is_a_one_line_error(base_di
     with pytest.raises(LitFactoryError, match=rf"{method.upper()}-quantized; loading it needs .*{package}"):
         build_model(args, build_tokenizer(args), LoRA())
     with pytest.raises(LitFactoryError, match="already quantized"):
-        build_model(ModelArgs(path=str(tmp_path), quantization="nf4"), build_tokenizer(args), LoRA())
+        build_model(ModelArgs(path=str(tmp_path), quantization=BitsAndBytes()), build_tokenizer(args), LoRA())

@@ -7,7 +7,8 @@ Each method is a small class whose ``apply`` takes the freshly built model and r
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.layers import decoder_layers
@@ -25,6 +26,11 @@ class Finetuning:
     def apply(self, model: "nn.Module", train_embeddings: bool = False) -> "nn.Module":
         """Mark what trains. ``train_embeddings``: new tokens were added, so embeddings and head must train too."""
         raise NotImplementedError
+
+    def save(self, model: "nn.Module", folder: Path, **options: Any) -> None:
+        """Write the trained weights to ``folder`` in Hugging Face format: the adapter (PEFT) or the whole model
+        (safetensors). ``options`` go to ``save_pretrained`` (e.g. PEFT's ``selected_adapters``)."""
+        model.save_pretrained(folder, safe_serialization=True, **options)
 
 
 class Full(Finetuning):
@@ -170,6 +176,7 @@ class LoRA(Finetuning):
         self.use_rslora = use_rslora
         self.use_dora = use_dora
         self.init = init
+        self._initial_adapter: Optional[str] = None  # PiSSA/OLoRA: the adapter as initialised (see `save`)
 
     @property
     def rewrites_base(self) -> bool:
@@ -218,8 +225,15 @@ class LoRA(Finetuning):
             raise LitFactoryError(f"finetuning.init: {self.init} rewrites the base weights; it cannot run on a quantized model")
         model = get_peft_model(model, self.peft_config(model, train_embeddings))
         if self.rewrites_base:
-            _save_converted_to_original_base(model)
+            self._initial_adapter = _save_initial_adapter(model)
         return model
+
+    def save(self, model: "nn.Module", folder: Path, **options: Any) -> None:
+        """PiSSA/OLoRA adapters are saved converted so that they apply to the ORIGINAL base weights: PEFT does the
+        conversion (rank 2r: [A; A0], [B, -B0]) when given the adapter as initialised."""
+        if self._initial_adapter is not None:
+            options["path_initial_model_for_weight_conversion"] = self._initial_adapter
+        super().save(model, folder, **options)
 
 
 class OFT(Finetuning):
@@ -360,20 +374,13 @@ def _vision_exclusions(model: "nn.Module") -> tuple[Optional[str], list[str]]:
     return regex, trainable
 
 
-def _save_converted_to_original_base(model: "nn.Module") -> None:
-    """Make ``model.save_pretrained`` write a PiSSA/OLoRA adapter that applies to the ORIGINAL base weights.
-
-    PEFT does this conversion (rank 2r: [A; A0], [B, -B0]) when given the initial adapter at save time; the stage
-    saves through the plain ``save_pretrained`` call, so the instance's method gets that argument bound here.
-    """
-    import functools
+def _save_initial_adapter(model: "nn.Module") -> str:
+    """Save a PiSSA/OLoRA adapter as initialised (as plain LoRA, PEFT's recipe) to a temporary folder; returns it."""
     import tempfile
 
     config = model.peft_config["default"]
     initial_dir = tempfile.mkdtemp(prefix="lit-factory-initial-adapter-")
-    init, config.init_lora_weights = config.init_lora_weights, True  # PEFT's recipe: save the initial as plain LoRA
+    init, config.init_lora_weights = config.init_lora_weights, True
     model.save_pretrained(initial_dir)
     config.init_lora_weights = init
-    model.save_pretrained = functools.partial(
-        type(model).save_pretrained, model, path_initial_model_for_weight_conversion=initial_dir
-    )
+    return initial_dir

@@ -7,17 +7,27 @@ with random weights from an inline transformers config (``config``) — what tes
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from lit_factory.errors import LitFactoryError
+from lit_factory.model.patches import Patch
+from lit_factory.model.quantization import Quantization
 
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from lit_factory.model.adapters import Finetuning
+
+
+def component_dict(component: Any) -> dict[str, Any]:
+    """A recipe part as a recipe names it: ``{class_path, init_args}`` with its public attributes."""
+    kind = type(component)
+    return {"class_path": f"{kind.__module__}.{kind.__qualname__}",
+            "init_args": {k: v for k, v in vars(component).items() if not k.startswith("_")}}
 
 
 @dataclass
@@ -40,17 +50,13 @@ class ModelArgs:
         trust_remote_code: Allow model/tokenizer code from the model's repository to run.
         merge_adapter: Merge ``adapter`` into the base weights before fine-tuning, so that a NEW adapter (or any
             other method) trains on top of the merged model instead of resuming the old adapter.
-        quantization: Quantize the pre-trained ``path`` model on load with bitsandbytes for QLoRA: ``nf4`` or
-            ``fp4`` (4-bit) or ``int8`` (LLM.int8). Only adapters train on a quantized model. Models saved
+        quantization: Quantize the pre-trained ``path`` model on load, by class path:
+            ``lit_factory.model.quantization.BitsAndBytes`` (``bits: 4`` with ``quant_type: nf4``/``fp4`` and
+            ``double_quantization``, or ``bits: 8``) for QLoRA. Only adapters train on a quantized model. Models saved
             already quantized (GPTQ/AWQ/AQLM/bitsandbytes) load as they are, without this option.
-        double_quantization: 4-bit only: also quantize the quantization constants (QLoRA's double quantization).
-        rope_scaling: Stretch rotary position embeddings to ``context_length``: ``linear`` (position
-            interpolation) or ``dynamic`` (NTK-aware); factor ``ceil(context_length / max_position_embeddings)``.
-        context_length: The sequence length training uses (set it to the data's ``cutoff_len``); read by
-            ``rope_scaling``.
-        shift_attn: Train with shifted sparse attention (S²-Attn, LongLoRA) for long contexts; evaluation and
-            generation use full attention. Runs on SDPA.
-        neftune_alpha: NEFTune noise scale on the input embeddings during training (0: off; the paper uses 5).
+        patches: Model patches applied in list order, each by class path (``lit_factory.model.patches``):
+            ``RopeScaling`` (kind, context_length), ``ShiftedSparseAttention`` (S²-Attn), ``NEFTune`` (alpha),
+            ``FastLoRA``, ``LigerKernels`` (CUDA only), ``CompileLayers``; or a subclass of ``Patch`` of your own.
         freeze_vision_tower: Vision-language models: keep the vision tower frozen (and out of LoRA's ``all``
             targets, which otherwise cover its linear layers too).
         freeze_multi_modal_projector: Vision-language models: keep the projector from the vision tower into the
@@ -60,11 +66,6 @@ class ModelArgs:
             larger images down to at most this many pixels (fewer image tokens). Fixed-resolution towers (LLaVA)
             resize every image to their own size.
         image_min_pixels: Variable-resolution vision-language models: smaller images are scaled up to this many.
-        fast_lora: Run LoRA linear layers through lit-factory's fused autograd function (see
-            ``lit_factory.model.lora_fast``); PEFT's own forward when false.
-        liger_kernel: Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA only: a one-line error
-            elsewhere; ``pip install 'lit-factory[liger]'``).
-        compile: ``torch.compile`` each decoder layer (the first steps are slower while it compiles).
     """
 
     path: Optional[str] = None
@@ -77,19 +78,12 @@ class ModelArgs:
     new_special_tokens: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
     merge_adapter: bool = False
-    quantization: Optional[Literal["nf4", "fp4", "int8"]] = None
-    double_quantization: bool = True
-    rope_scaling: Optional[Literal["linear", "dynamic"]] = None
-    context_length: Optional[int] = None
-    shift_attn: bool = False
-    neftune_alpha: float = 0.0
+    quantization: Optional[Quantization] = None
+    patches: list[Patch] = field(default_factory=list)
     freeze_vision_tower: bool = True
     freeze_multi_modal_projector: bool = True
     image_max_pixels: int = 768 * 768
     image_min_pixels: int = 32 * 32
-    fast_lora: bool = False
-    liger_kernel: bool = False
-    compile: bool = False
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
@@ -108,8 +102,20 @@ class ModelArgs:
             raise LitFactoryError("model.quantization: quantizes a pre-trained `model.path`; not an inline config")
         if self.merge_adapter and self.quantization is not None:
             raise LitFactoryError("model.merge_adapter: cannot merge into quantized weights; export the merged model first")
-        if self.shift_attn and self.attn_implementation != "sdpa":
-            raise LitFactoryError("model.shift_attn: S²-Attn runs on SDPA; set model.attn_implementation: sdpa")
+        kinds = [type(patch) for patch in self.patches]
+        twice = sorted({kind.__name__ for kind in kinds if kinds.count(kind) > 1})
+        if twice:
+            raise LitFactoryError(f"model.patches: {', '.join(twice)} is listed more than once; keep one")
+        for patch in self.patches:
+            patch.check(self)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """These settings as plain values (parts as ``class_path``/``init_args``), as a recipe writes them: what a
+        checkpoint's hyperparameters hold (``torch.load(weights_only=True)`` refuses our classes)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["quantization"] = None if self.quantization is None else component_dict(self.quantization)
+        values["patches"] = [component_dict(patch) for patch in self.patches]
+        return copy.deepcopy(values)
 
     @property
     def tokenizer_path(self) -> str:
@@ -201,13 +207,12 @@ def _load_base(
     from lit_factory.model import patches, quantization
 
     config = _load_config(args, tokenizer)
-    if args.rope_scaling is not None:
-        text_config = config.get_text_config()
-        patches.scale_rope(text_config, args.rope_scaling, args.context_length)
-    attention = patches.register_shifted_sparse_attention() if args.shift_attn else args.attn_implementation
+    options: dict[str, Any] = dict(dtype=dtype, attn_implementation=args.attn_implementation,
+                                   trust_remote_code=args.trust_remote_code)
+    for patch in args.patches:
+        patch.configure(config, options)
     # Image-text models need their own Auto class: AutoModelForCausalLM would drop the vision tower.
     auto = AutoModelForImageTextToText if patches.is_vision_language(config) else AutoModelForCausalLM
-    options: dict[str, Any] = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=args.trust_remote_code)
     if empty_weights:  # the structure only, on the meta device: the weights arrive from another rank
         import torch
 
@@ -217,7 +222,7 @@ def _load_base(
         return auto.from_config(config, **options)
     quantization.check_prequantized(config, args.quantization, args.path)
     if args.quantization is not None:
-        options["quantization_config"] = quantization.bitsandbytes_config(args.quantization, args.double_quantization, dtype)
+        options["quantization_config"] = args.quantization.quantization_config(dtype)
         options["device_map"] = {"": device or "cpu"}  # bitsandbytes quantizes while placing the weights
     try:
         return auto.from_pretrained(args.path, config=config, **options)
@@ -251,8 +256,8 @@ def build_model(
     empty_weights = empty_weights and args.quantization is None and args.adapter is None
     model = _load_base(args, tokenizer, dtype, device, empty_weights)
     quantized = bool(getattr(model, "is_quantized", False))
-    if args.liger_kernel:  # before adapters: Liger patches the modules LoRA then wraps
-        patches.apply_liger_kernels(model, device or torch.device("cpu"))
+    for patch in args.patches:  # before adapters: e.g. Liger patches the modules LoRA then wraps
+        patch.patch_base(model, device or torch.device("cpu"))
 
     added_tokens = len(tokenizer) > model.get_input_embeddings().num_embeddings
     if added_tokens:
@@ -291,15 +296,9 @@ def build_model(
     if not args.freeze_multi_modal_projector and not (finetuning is not None and finetuning.saves_adapter):
         for parameter in patches.vision_parameters(model)[1]:  # Freeze trains an unfrozen projector too (as LF)
             parameter.requires_grad_(True)
-    if args.neftune_alpha > 0:
-        patches.add_neftune(model, args.neftune_alpha)
     patches.mark_moe_leaf_modules(model)
-    if args.fast_lora:
-        from lit_factory.model.lora_fast import use_fast_lora
-
-        use_fast_lora(model)
-    if args.compile:
-        patches.compile_decoder_layers(getattr(model, "get_base_model", lambda: model)())
+    for patch in args.patches:
+        patch.patch_model(model)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()

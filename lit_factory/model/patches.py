@@ -1,11 +1,16 @@
-"""Model patches the builder applies on request: RoPE scaling, NEFTune, shifted sparse attention (S²-Attn),
-Liger's GPU kernels, compiled decoder layers, MoE blocks as DeepSpeed ZeRO-3 leaf modules, and the vision side of
-vision-language models."""
+"""Model patches a recipe lists under ``model.patches`` — RoPE scaling, shifted sparse attention (S²-Attn), NEFTune,
+fused LoRA, Liger's GPU kernels, compiled decoder layers — and what the builder always does: MoE blocks as DeepSpeed
+ZeRO-3 leaf modules, the vision side of vision-language models.
+
+A patch is a small component with the hooks it needs, e.g.
+``patches: [{class_path: lit_factory.model.patches.NEFTune, init_args: {alpha: 5}}]``; a user's own subclass of
+``Patch`` is named the same way.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from lit_factory.errors import LitFactoryError
 
@@ -14,12 +19,114 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig
 
+    from lit_factory.model.builder import ModelArgs
+
 #: Names of a VLM's vision tower and of its projector (into the language model) across transformers model families;
 #: Qwen2-VL's projector (``merger``) sits inside its tower (``visual``).
 VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model")
 PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "merger")
 VISION_MODULE_NAMES = VISION_TOWER_NAMES + PROJECTOR_NAMES
 S2_ATTENTION = "s2attn"
+
+# ---- the patch components ----------------------------------------------------------------------------------------
+class Patch:
+    """Base of the model patches. ``build_model`` calls each hook of every listed patch in list order; a patch
+    overrides the hooks it needs (the others do nothing).
+
+    Hooks, in the order the builder reaches them:
+        ``check(args)``: when the model settings are read; raise a one-line error for settings it cannot run with.
+        ``configure(config, load_options)``: before the weights load (training and inference): change the
+            transformers config or the ``from_pretrained``/``from_config`` keyword arguments.
+        ``patch_base(model, device)``: training, on the loaded base model before the fine-tuning method wraps it.
+        ``patch_model(model)``: training, on the model the fine-tuning method returned.
+    """
+
+    def check(self, args: "ModelArgs") -> None:
+        """Refuse model settings this patch cannot run with (``LitFactoryError``)."""
+
+    def configure(self, config: "PretrainedConfig", load_options: dict[str, Any]) -> None:
+        """Change the model's (text) config or its loading options before the weights load."""
+
+    def patch_base(self, model: "nn.Module", device: "torch.device") -> None:
+        """Patch the loaded base model in place, before the fine-tuning method."""
+
+    def patch_model(self, model: "nn.Module") -> None:
+        """Patch the model to train in place, after the fine-tuning method."""
+
+
+class RopeScaling(Patch):
+    """Stretch rotary position embeddings to ``context_length`` with the factor
+    ``ceil(context_length / max_position_embeddings)``; no change when the model's context already covers it.
+
+    Args:
+        kind: ``linear`` (position interpolation) or ``dynamic`` (NTK-aware).
+        context_length: The sequence length training uses (set it to the data's ``cutoff_len``).
+    """
+
+    def __init__(self, kind: Literal["linear", "dynamic"], context_length: int) -> None:
+        if kind not in ("linear", "dynamic"):
+            raise LitFactoryError(f"model.patches: RopeScaling kind {kind!r} is not linear or dynamic")
+        self.kind = kind
+        self.context_length = context_length
+
+    def configure(self, config: "PretrainedConfig", load_options: dict[str, Any]) -> None:
+        scale_rope(config.get_text_config(), self.kind, self.context_length)
+
+
+class ShiftedSparseAttention(Patch):
+    """Train with shifted sparse attention (S²-Attn, LongLoRA) for long contexts: groups of a quarter of the
+    sequence, half of the heads shifted by half a group. Evaluation and generation use full attention. Runs on
+    SDPA (``model.attn_implementation: sdpa``)."""
+
+    def check(self, args: "ModelArgs") -> None:
+        if args.attn_implementation != "sdpa":
+            raise LitFactoryError("model.patches: ShiftedSparseAttention (shift_attn, S²-Attn) runs on SDPA; set "
+                                  "model.attn_implementation: sdpa")
+
+    def configure(self, config: "PretrainedConfig", load_options: dict[str, Any]) -> None:
+        load_options["attn_implementation"] = register_shifted_sparse_attention()
+
+
+class NEFTune(Patch):
+    """NEFTune noise on the input embeddings during training (Jain et al., 2023); off in eval.
+
+    Args:
+        alpha: Noise scale: uniform noise of ``alpha / sqrt(seq_len * hidden)`` (the paper uses 5).
+    """
+
+    def __init__(self, alpha: float = 5.0) -> None:
+        if not alpha > 0:
+            raise LitFactoryError(f"model.patches: NEFTune alpha must be above 0, got {alpha}; remove the patch to "
+                                  "train without noise")
+        self.alpha = alpha
+
+    def patch_model(self, model: "nn.Module") -> None:
+        add_neftune(model, self.alpha)
+
+
+class FastLoRA(Patch):
+    """Run LoRA linear layers through lit-factory's fused autograd function (``lit_factory.model.lora_fast``)
+    instead of PEFT's forward; layers it does not cover (DoRA, dropout, quantized) keep PEFT's."""
+
+    def patch_model(self, model: "nn.Module") -> None:
+        from lit_factory.model.lora_fast import use_fast_lora
+
+        use_fast_lora(model)
+
+
+class LigerKernels(Patch):
+    """Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (LLaMA-Factory's ``enable_liger_kernel``). CUDA
+    only: a one-line error elsewhere; ``pip install 'lit-factory[liger]'``."""
+
+    def patch_base(self, model: "nn.Module", device: "torch.device") -> None:
+        apply_liger_kernels(model, device)  # before adapters: Liger patches the modules LoRA then wraps
+
+
+class CompileLayers(Patch):
+    """``torch.compile`` each decoder layer (the first steps are slower while it compiles)."""
+
+    def patch_model(self, model: "nn.Module") -> None:
+        compile_decoder_layers(getattr(model, "get_base_model", lambda: model)())
 
 
 # ---- RoPE scaling ------------------------------------------------------------------------------------------------
@@ -29,11 +136,11 @@ def scale_rope(config: "PretrainedConfig", kind: str, context_length: Optional[i
     Returns the factor, or None when the model's context already covers ``context_length`` (no scaling needed).
     """
     if context_length is None:
-        raise LitFactoryError("model.context_length: RoPE scaling needs the training length (the data's cutoff_len)")
+        raise LitFactoryError("model.patches: RopeScaling needs context_length, the training length (the data's cutoff_len)")
     native = getattr(config, "max_position_embeddings", None)
     parameters = getattr(config, "rope_parameters", None)
     if native is None or parameters is None:
-        raise LitFactoryError(f"model.rope_scaling: {config.model_type} has no rotary position embeddings to scale")
+        raise LitFactoryError(f"model.patches: RopeScaling: {config.model_type} has no rotary position embeddings to scale; remove the patch")
     if context_length <= native:
         return None
     factor = float(math.ceil(context_length / native))
@@ -130,16 +237,18 @@ def apply_liger_kernels(model: "nn.Module", device: "torch.device") -> None:
     model type Liger does not cover — a recipe that asks for the kernels should not silently run without them."""
     if device.type != "cuda":
         raise LitFactoryError(
-            f"model.liger_kernel: Liger's kernels are Triton GPU kernels and need CUDA; this run is on {device.type}: "
-            "set model.liger_kernel: false"
+            f"model.patches: LigerKernels (liger_kernel): Liger's kernels are Triton GPU kernels and need CUDA; this "
+            f"run is on {device.type}: remove the patch"
         )
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
     except ImportError:
-        raise LitFactoryError("model.liger_kernel: needs liger-kernel: pip install 'lit-factory[liger]'") from None
+        raise LitFactoryError("model.patches: LigerKernels (liger_kernel) needs liger-kernel: "
+                              "pip install 'lit-factory[liger]'") from None
     if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise LitFactoryError(
-            f"model.liger_kernel: Liger has no kernels for model type {model.config.model_type!r}; set it to false"
+            f"model.patches: LigerKernels: Liger has no kernels for model type {model.config.model_type!r}; remove "
+            "the patch"
         )
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
@@ -151,7 +260,8 @@ def compile_decoder_layers(model: "nn.Module") -> int:
     Returns how many layers were compiled."""
     layers = getattr(model.get_decoder(), "layers", None)
     if layers is None:
-        raise LitFactoryError(f"model.compile: {type(model).__name__}'s decoder has no `layers` to compile")
+        raise LitFactoryError(f"model.patches: CompileLayers: {type(model).__name__}'s decoder has no `layers` to "
+                              "compile; remove the patch")
     for layer in layers:
         layer.compile()
     return len(layers)

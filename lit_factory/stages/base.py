@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -20,7 +20,8 @@ from torchmetrics import MeanMetric
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import Finetuning
 from lit_factory.infer.engine import GenerationArgs
-from lit_factory.model.builder import ModelArgs, build_inference_model, build_media, build_model, build_tokenizer
+from lit_factory.model.builder import (ModelArgs, build_inference_model, build_media, build_model, build_tokenizer,
+                                      component_dict)
 from lit_factory.optim.factory import OptimizerCallable, OptimizerFactory
 from lit_factory.stages.lm_head import ChunkedLogits, FullLogits
 
@@ -82,11 +83,8 @@ class Stage(pl.LightningModule):
         super().__init__()
         # Plain values only: checkpoints load with torch.load(weights_only=True), which refuses our classes.
         self.save_hyperparameters({
-            "model": asdict(model),
-            "finetuning": None if finetuning is None else {
-                "class_path": f"{type(finetuning).__module__}.{type(finetuning).__qualname__}",
-                "init_args": dict(vars(finetuning)),
-            },
+            "model": model.hyperparameters(),
+            "finetuning": None if finetuning is None else component_dict(finetuning),
             "lr_schedule": lr_schedule,
             "warmup_steps": warmup_steps,
             "min_lr_ratio": min_lr_ratio,
@@ -381,7 +379,9 @@ class Stage(pl.LightningModule):
 
     def write_outputs(self, folder: Path) -> None:
         """Write what a run leaves behind into ``folder`` (a staging folder); stages with more to save extend it."""
-        self.model.save_pretrained(folder, safe_serialization=True)
+        from lit_factory.model.adapters import Full
+
+        (self.finetuning or Full()).save(self.model, folder)
         self.tokenizer.save_pretrained(folder)
         if self.media is not None:  # preprocessor_config.json: the saved folder loads as a VLM `model.path`
             self.media.image_processor.save_pretrained(folder)

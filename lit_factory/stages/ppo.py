@@ -346,6 +346,6 @@ class PPO(Stage):
     def write_outputs(self, folder: Path) -> None:
         """The policy adapter in PEFT format (the reward adapter left out), the tokenizer, and the critic's head."""
         with value_head_set_aside(self.model) as head:
-            self.model.save_pretrained(folder, selected_adapters=["default"], safe_serialization=True)
+            self.finetuning.save(self.model, folder, selected_adapters=["default"])
         self.tokenizer.save_pretrained(folder)
         save_value_head(head, folder)
