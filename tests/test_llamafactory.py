@@ -73,9 +73,27 @@ def test_unknown_and_unsupported_keys_are_named_never_dropped():
 
 
 def test_model_patch_keys_map_to_builder_options():
+    patches = "lit_factory.model.patches"
     model = recipe(enable_liger_kernel=True, shift_attn=True, neftune_noise_alpha=5)["model"]["init_args"]["model"]
-    assert (model["liger_kernel"], model["shift_attn"], model["neftune_alpha"]) == (True, True, 5.0)
-    assert "liger_kernel" not in recipe(enable_liger_kernel=False)["model"]["init_args"]["model"]
+    assert model["patches"] == [{"class_path": f"{patches}.ShiftedSparseAttention"},
+                                {"class_path": f"{patches}.LigerKernels"},
+                                {"class_path": f"{patches}.NEFTune", "init_args": {"alpha": 5.0}}]
+    assert "patches" not in recipe(enable_liger_kernel=False)["model"]["init_args"]["model"]
+    # RoPE scaling stretches to the training length: the data's cutoff_len.
+    model = recipe(rope_scaling="dynamic", cutoff_len=4096)["model"]["init_args"]["model"]
+    assert model["patches"] == [{"class_path": f"{patches}.RopeScaling",
+                                 "init_args": {"kind": "dynamic", "context_length": 4096}}]
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (dict(quantization_bit=4), {"bits": 4, "quant_type": "nf4", "double_quantization": True}),
+    (dict(quantization_bit=4, quantization_type="fp4", double_quantization=False),
+     {"bits": 4, "quant_type": "fp4", "double_quantization": False}),
+    (dict(quantization_bit=8), {"bits": 8, "double_quantization": True}),
+])
+def test_quantization_keys_map_to_bitsandbytes(keys, expected):
+    model = recipe(**keys)["model"]["init_args"]["model"]
+    assert model["quantization"] == {"class_path": "lit_factory.model.quantization.BitsAndBytes", "init_args": expected}
 
 
 def test_plot_loss_adds_the_loss_plot_callback_and_tensorboard_logs_no_hp_metric():

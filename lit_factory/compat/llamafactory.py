@@ -27,6 +27,9 @@ PREFERENCE_STAGES = {"sigmoid": "DPO", "hinge": "DPO", "ipo": "DPO", "orpo": "OR
 SCHEDULES = {"linear": ("linear", True), "cosine": ("cosine", True), "cosine_with_min_lr": ("cosine", True),
              "constant_with_warmup": ("constant", True), "constant": ("constant", False)}
 ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
+# Where the model parts that LLaMA-Factory's flags map to live (``model.init_args.model.quantization``/``patches``).
+BITSANDBYTES = "lit_factory.model.quantization.BitsAndBytes"
+PATCHES = "lit_factory.model.patches"
 
 # Keys that change nothing in lit-factory: key -> why (each still gets a one-line warning).
 NO_EFFECT = {
@@ -222,8 +225,9 @@ def _training_recipe(keys: _Keys) -> dict[str, Any]:
         recipe["trainer"]["gradient_clip_val"] = None  # sparse gradients: torch cannot take their norm
         keys.translation.warnings.append("`max_grad_norm` has no effect with `badam_mode: ratio`: its sparse "
                                          "gradients cannot be clipped")
-    if stage_args["model"].get("rope_scaling") or stage_args["model"].get("shift_attn"):
-        stage_args["model"]["context_length"] = recipe["data"]["init_args"]["cutoff_len"]
+    for patch in stage_args["model"].get("patches", []):
+        if patch["class_path"] == f"{PATCHES}.RopeScaling":  # stretch to the length training uses
+            patch["init_args"]["context_length"] = recipe["data"]["init_args"]["cutoff_len"]
     return recipe
 
 
@@ -268,26 +272,32 @@ def _model_args(keys: _Keys) -> dict[str, Any]:
         method = keys.take("quantization_method", "bnb", "model.init_args.model.quantization (bitsandbytes)")
         if method != "bnb":
             raise keys.fail("quantization_method", "is not supported yet; lit-factory quantizes with bitsandbytes (bnb)")
-        if bits == 4:
-            model["quantization"] = keys.take("quantization_type", "nf4", "model.init_args.model.quantization")
-        elif bits == 8:
-            model["quantization"] = "int8"
-        else:
+        if bits not in (4, 8):
             raise keys.fail("quantization_bit", "is not supported yet; bitsandbytes quantizes to 4 or 8 bits")
-        model["double_quantization"] = bool(keys.take("double_quantization", True,
-                                                      "model.init_args.model.double_quantization"))
-    rope = keys.take("rope_scaling", None, "model.init_args.model.rope_scaling")
+        settings: dict[str, Any] = {"bits": int(bits)}
+        if bits == 4:
+            settings["quant_type"] = keys.take("quantization_type", "nf4",
+                                               "model.init_args.model.quantization.init_args.quant_type")
+        settings["double_quantization"] = bool(keys.take(
+            "double_quantization", True, "model.init_args.model.quantization.init_args.double_quantization"))
+        model["quantization"] = {"class_path": BITSANDBYTES, "init_args": settings}
+    patches: list[dict[str, Any]] = []
+    rope = keys.take("rope_scaling", None, f"model.init_args.model.patches ({PATCHES}.RopeScaling)")
     if rope is not None:
         if rope not in ("linear", "dynamic"):
             raise keys.fail("rope_scaling", "is not supported yet; use linear or dynamic")
-        model["rope_scaling"] = rope
-    if keys.take("shift_attn", False, "model.init_args.model.shift_attn"):
-        model["shift_attn"] = True
-    if keys.take("enable_liger_kernel", False, "model.init_args.model.liger_kernel"):
-        model["liger_kernel"] = True  # CUDA only: on a CPU machine the run stops in one line, as it says
-    noise = keys.take("neftune_noise_alpha", None, "model.init_args.model.neftune_alpha")
+        # context_length is the data's cutoff_len, filled in by `_training_recipe`.
+        patches.append({"class_path": f"{PATCHES}.RopeScaling", "init_args": {"kind": rope}})
+    if keys.take("shift_attn", False, f"model.init_args.model.patches ({PATCHES}.ShiftedSparseAttention)"):
+        patches.append({"class_path": f"{PATCHES}.ShiftedSparseAttention"})
+    if keys.take("enable_liger_kernel", False, f"model.init_args.model.patches ({PATCHES}.LigerKernels)"):
+        # CUDA only: on a CPU machine the run stops in one line, as it says
+        patches.append({"class_path": f"{PATCHES}.LigerKernels"})
+    noise = keys.take("neftune_noise_alpha", None, f"model.init_args.model.patches ({PATCHES}.NEFTune)")
     if noise:
-        model["neftune_alpha"] = float(noise)
+        patches.append({"class_path": f"{PATCHES}.NEFTune", "init_args": {"alpha": float(noise)}})
+    if patches:
+        model["patches"] = patches
     # Vision-language models; our defaults are LLaMA-Factory's (vision tower and projector frozen, 32²-768² pixels).
     for key in ("freeze_vision_tower", "freeze_multi_modal_projector"):
         if keys.has(key):
