@@ -67,8 +67,12 @@ CASES = {
         packing=True, optimizer="GaLore", learning_rate="2e-5", galore_rank=4, galore_update_interval=7,
         galore_scale=0.5, galore_target_modules="q_proj, v_proj", devices="2", strategy="ddp", logger="csv",
         max_steps="3"), {
-        "model.init_args.model.attn_implementation": "eager", "model.init_args.model.rope_scaling": "dynamic",
-        "model.init_args.model.context_length": 128, "model.init_args.model.neftune_alpha": 5.0,
+        "model.init_args.model.attn_implementation": "eager",
+        "model.init_args.model.patches.0.class_path": "lit_factory.model.patches.RopeScaling",
+        "model.init_args.model.patches.0.init_args.kind": "dynamic",
+        "model.init_args.model.patches.0.init_args.context_length": 128,
+        "model.init_args.model.patches.1.class_path": "lit_factory.model.patches.NEFTune",
+        "model.init_args.model.patches.1.init_args.alpha": 5.0,
         "model.init_args.model.gradient_checkpointing": True, "data.init_args.packing": True,
         "model.init_args.optimizer.class_path": "lit_factory.optim.GaLore",
         "model.init_args.optimizer.init_args.rank": 4, "model.init_args.optimizer.init_args.update_interval": 7,
@@ -85,13 +89,16 @@ CASES = {
         "model.init_args.optimizer.class_path": "lit_factory.optim.BAdam",
         "model.init_args.optimizer.init_args.switch_every": 9, "model.init_args.optimizer.init_args.order": "random",
         "model.init_args.optimizer.init_args.optimizer.init_args.lr": 3e-6,
-        "trainer.strategy": "deepspeed_stage_2", "model.init_args.model.shift_attn": True}),
+        "trainer.strategy": "deepspeed_stage_2",
+        "model.init_args.model.patches.0.class_path": "lit_factory.model.patches.ShiftedSparseAttention"}),
     "KTO weights, nf4 adapter": ("sft/lora.yaml", dict(
         stage="KTO", datasets=["tagged"], dataset_dir="data", kto_beta=0.3, kto_desirable_weight=1.5,
         kto_undesirable_weight=0.75, quantization="nf4", adapter="runs/reward"), {
         "model.class_path": "lit_factory.stages.KTO", "model.init_args.beta": 0.3,
         "model.init_args.desirable_weight": 1.5, "model.init_args.undesirable_weight": 0.75,
-        "model.init_args.model.quantization": "nf4", "model.init_args.model.adapter": "runs/reward"}),
+        "model.init_args.model.quantization.class_path": "lit_factory.model.quantization.BitsAndBytes",
+        "model.init_args.model.quantization.init_args.bits": 4,
+        "model.init_args.model.quantization.init_args.quant_type": "nf4", "model.init_args.model.adapter": "runs/reward"}),
     "PPO options": ("ppo/lora.yaml", dict(
         datasets=["pairs"], dataset_dir="data", ppo_reward_model="runs/reward", ppo_reward_model_type="full",
         ppo_epochs=2, ppo_mini_batch_size=3, ppo_max_new_tokens=17, ppo_temperature=0.7, ppo_top_p=0.9,
@@ -106,7 +113,7 @@ CASES = {
 
 def dig(config: dict[str, Any], dotted: str) -> Any:
     for key in dotted.split("."):
-        config = config[key]
+        config = config[int(key)] if isinstance(config, list) else config[key]
     return config
 
 
@@ -154,13 +161,40 @@ def test_bad_panel_values_are_one_line_errors(workspace, changes, message):
 
 def test_liger_toggle_where_liger_is_installed_lands_in_the_recipe(workspace, capsys, monkeypatch):
     monkeypatch.setattr(panels, "liger_available", lambda: True)  # liger-kernel needs CUDA; not installable here
+    liger = "lit_factory.model.patches.LigerKernels"
     _, recipe, _ = build("quickstart.yaml", workspace, liger_kernel=True)
-    assert dig(recipe, "model.init_args.model.liger_kernel") is True
+    assert dig(recipe, "model.init_args.model.patches.0.class_path") == liger
     path = workspace / "recipe.yaml"
     path.write_text(recipe_yaml(recipe))
-    assert dig(resolved(["fit", "--config", str(path)], capsys), "model.init_args.model.liger_kernel") is True
+    assert dig(resolved(["fit", "--config", str(path)], capsys), "model.init_args.model.patches.0.class_path") == liger
     _, plain, _ = build("quickstart.yaml", workspace)
-    assert "liger_kernel" not in plain["model"]["init_args"]["model"]
+    assert "patches" not in plain["model"]["init_args"]["model"]
+
+
+def test_model_parts_the_panel_does_not_show_are_kept_and_its_own_keep_their_places(workspace, capsys):
+    patches, bnb = "lit_factory.model.patches", "lit_factory.model.quantization.BitsAndBytes"
+    base = recipes.load_recipe("sft/lora.yaml")
+    base["model"]["init_args"]["model"].update(
+        path="Qwen/Qwen2.5-0.5B",
+        quantization={"class_path": bnb, "init_args": {"bits": 4, "quant_type": "fp4", "double_quantization": False}},
+        patches=[{"class_path": f"{patches}.FastLoRA"}, {"class_path": f"{patches}.NEFTune", "init_args": {"alpha": 3.0}},
+                 {"class_path": f"{patches}.CompileLayers"}])
+    form = recipes.form_from_recipe(base, run_name="parts")
+    assert (form.quantization, form.neftune_alpha, form.shift_attn, form.rope_scaling) == ("fp4", 3.0, False, "none")
+    form.output_dir, form.dataset_dir, form.datasets = "runs/board", "data", ["pairs"]
+    form.shift_attn = True
+    model = assemble_recipe(base, form, workspace)["model"]["init_args"]["model"]
+    assert model["quantization"] == base["model"]["init_args"]["model"]["quantization"]  # double_quantization kept
+    assert model["patches"] == [{"class_path": f"{patches}.FastLoRA"},
+                                {"class_path": f"{patches}.NEFTune", "init_args": {"alpha": 3.0}},
+                                {"class_path": f"{patches}.CompileLayers"},
+                                {"class_path": f"{patches}.ShiftedSparseAttention"}]
+    form.quantization, form.neftune_alpha, form.shift_attn = "int8", 0, False
+    model = assemble_recipe(base, form, workspace)["model"]["init_args"]["model"]
+    assert model["quantization"] == {"class_path": bnb, "init_args": {"bits": 8, "double_quantization": False}}
+    assert model["patches"] == [{"class_path": f"{patches}.FastLoRA"}, {"class_path": f"{patches}.CompileLayers"}]
+    form.quantization = "none"
+    assert assemble_recipe(base, form, workspace)["model"]["init_args"]["model"]["quantization"] is None
 
 
 def test_choices_come_from_the_classes_that_own_them():

@@ -288,8 +288,10 @@ def test_panels_set_in_the_page_land_in_the_recipe_and_the_preview_command_runs_
     assert status.startswith("The recipe is valid")
     recipe = yaml.safe_load(shown)
     model = recipe["model"]["init_args"]["model"]
-    assert (model["attn_implementation"], model["gradient_checkpointing"], model["neftune_alpha"],
-            model["rope_scaling"], model["context_length"]) == ("eager", True, 5.0, "linear", 128)
+    assert (model["attn_implementation"], model["gradient_checkpointing"]) == ("eager", True)
+    assert model["patches"] == [
+        {"class_path": "lit_factory.model.patches.RopeScaling", "init_args": {"kind": "linear", "context_length": 128}},
+        {"class_path": "lit_factory.model.patches.NEFTune", "init_args": {"alpha": 5.0}}]
     assert recipe["model"]["init_args"]["optimizer"]["class_path"] == "lit_factory.optim.GaLore"
     assert recipe["model"]["init_args"]["optimizer"]["init_args"]["rank"] == 4
     assert recipe["data"]["init_args"]["packing"] is True

@@ -4,8 +4,10 @@
 Each panel reads its values from a recipe (:func:`read_*`, the recipe's value or the class signature's default:
 recipes and signatures are the single source of defaults) and writes the form's values back into the recipe
 (:func:`write_*`), naming only keys that ``lit-factory fit`` accepts. The choices come from the classes that own
-them (``ModelArgs``' ``Literal`` annotations, Lightning's strategy registry, the stages' signatures), so a new option
-there appears here.
+them (``ModelArgs``' and the model parts' ``Literal`` annotations, Lightning's strategy registry, the stages'
+signatures), so a new option there appears here. The model panel's quantization and patch fields map to the parts
+``model.quantization`` (``BitsAndBytes``) and ``model.patches`` (``RopeScaling``, ``ShiftedSparseAttention``,
+``LigerKernels``, ``NEFTune``); other parts a recipe names are kept as they are.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ STAGE_PANELS = {
 }
 GALORE_ARGS = ("rank", "update_interval", "scale", "target_modules")
 BADAM_ARGS = ("switch_every", "order")
+BITSANDBYTES = "lit_factory.model.quantization.BitsAndBytes"
+ROPE, S2_ATTN, LIGER, NEFTUNE = (f"lit_factory.model.patches.{name}" for name in
+                                 ("RopeScaling", "ShiftedSparseAttention", "LigerKernels", "NEFTune"))
+PANEL_PATCHES = (ROPE, S2_ATTN, LIGER, NEFTUNE)  # the patches the model panel shows; the others stay as written
 
 
 def panel_field(stage: str, arg: str) -> str:
@@ -53,8 +59,10 @@ def _model_arg_choices(name: str) -> list[str]:
 
 
 def quantizations() -> list[str]:
-    """``none`` plus ``ModelArgs.quantization``'s values (nf4, fp4, int8)."""
-    return [NONE, *_model_arg_choices("quantization")]
+    """``none`` plus what ``BitsAndBytes`` quantizes to: its 4-bit ``quant_type`` values (nf4, fp4), and int8."""
+    types = literal_choices(BITSANDBYTES, "quant_type") or []
+    return [NONE, *(kind for bits in literal_choices(BITSANDBYTES, "bits") or []
+                    for kind in (types if bits == 4 else [f"int{bits}"]))]
 
 
 def attentions() -> list[str]:
@@ -64,12 +72,13 @@ def attentions() -> list[str]:
 
 
 def liger_available() -> bool:
-    """Whether liger-kernel is installed (``ModelArgs.liger_kernel`` needs it, and CUDA at run time)."""
+    """Whether liger-kernel is installed (the ``LigerKernels`` patch needs it, and CUDA at run time)."""
     return importlib.util.find_spec("liger_kernel") is not None
 
 
 def rope_scalings() -> list[str]:
-    return [NONE, *_model_arg_choices("rope_scaling")]
+    """``none`` plus ``RopeScaling``'s kinds (linear, dynamic)."""
+    return [NONE, *(literal_choices(ROPE, "kind") or [])]
 
 
 def strategies() -> list[str]:
@@ -132,20 +141,41 @@ def _shown(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _quantization_label(part: Any) -> str:
+    """The model panel's word for a ``model.quantization`` entry: none, nf4/fp4 or int8 for ``BitsAndBytes``, the
+    class path of another method."""
+    if not part:
+        return NONE
+    if not isinstance(part, dict):  # not a part: `fit` refuses it and says why
+        return str(part)
+    init_args = part.get("init_args") or {}
+    if part.get("class_path") != BITSANDBYTES:
+        return str(part.get("class_path"))
+    bits = init_args.get("bits", _default(BITSANDBYTES, "bits"))
+    return init_args.get("quant_type", _default(BITSANDBYTES, "quant_type")) if bits == 4 else f"int{bits}"
+
+
+def _patch(patches: list[Any], class_path: str) -> Optional[dict[str, Any]]:
+    """The entry of ``class_path`` in a recipe's ``model.patches``, if it lists one."""
+    return next((p for p in patches if isinstance(p, dict) and p.get("class_path") == class_path), None)
+
+
 def read_model_options(model_args: dict[str, Any]) -> dict[str, Any]:
     """The model panel's fields from ``model.init_args.model`` (``ModelArgs``' defaults where it says nothing)."""
     from lit_factory.model.builder import ModelArgs
 
     defaults = {f.name: f.default for f in dataclasses.fields(ModelArgs) if f.default is not dataclasses.MISSING}
     merged = {**defaults, **model_args}
+    patches = merged.get("patches") or []
+    rope, neftune = _patch(patches, ROPE), _patch(patches, NEFTUNE)
     return dict(
         adapter=merged.get("adapter") or "",
-        quantization=merged.get("quantization") or NONE,
+        quantization=_quantization_label(merged.get("quantization")),
         attn_implementation=merged.get("attn_implementation") or "sdpa",
-        rope_scaling=merged.get("rope_scaling") or NONE,
-        shift_attn=bool(merged.get("shift_attn")),
-        liger_kernel=bool(merged.get("liger_kernel")),
-        neftune_alpha=merged.get("neftune_alpha") or 0.0,
+        rope_scaling=(rope.get("init_args") or {}).get("kind", NONE) if rope else NONE,
+        shift_attn=_patch(patches, S2_ATTN) is not None,
+        liger_kernel=_patch(patches, LIGER) is not None,
+        neftune_alpha=(neftune.get("init_args") or {}).get("alpha", _default(NEFTUNE, "alpha")) if neftune else 0.0,
         gradient_checkpointing=bool(merged.get("gradient_checkpointing")),
     )
 
@@ -206,7 +236,9 @@ def write_model_options(model_args: dict[str, Any], form: Any, method: str) -> N
     else:
         model_args.pop("adapter", None)
     quantization = form.quantization or NONE
-    if quantization not in quantizations():
+    existing = model_args.get("quantization")
+    unchanged = quantization == _quantization_label(existing)  # a recipe's own method, or settings the form lacks
+    if quantization not in quantizations() and not unchanged:
         raise LitFactoryError(f"quantization: {quantization!r} is unknown. Fix: pick one of {quantizations()}.")
     if quantization != NONE and "config" in model_args:
         raise LitFactoryError("quantization: quantizes a pre-trained model; the recipe's inline config builds random "
@@ -214,7 +246,14 @@ def write_model_options(model_args: dict[str, Any], form: Any, method: str) -> N
     if quantization != NONE and method in ("Full", "Freeze"):
         raise LitFactoryError(f"quantization: only adapters train on a quantized model, not {method}. Fix: pick "
                               "LoRA (QLoRA), or set quantization to none.")
-    _set(model_args, "quantization", None if quantization == NONE else quantization, None)
+    if quantization == NONE:
+        _set(model_args, "quantization", None, None)
+    elif not unchanged:
+        kept = dict(existing.get("init_args") or {}) if existing and existing.get("class_path") == BITSANDBYTES else {}
+        kept.pop("quant_type", None)
+        bits = int(quantization[3:]) if quantization.startswith("int") else 4
+        model_args["quantization"] = {"class_path": BITSANDBYTES, "init_args": {
+            **kept, "bits": bits, **({"quant_type": quantization} if bits == 4 else {})}}
     attention = form.attn_implementation or "sdpa"
     if attention not in attentions():
         raise LitFactoryError(f"attention: {attention!r} is not available here. Fix: pick one of {attentions()} "
@@ -223,17 +262,32 @@ def write_model_options(model_args: dict[str, Any], form: Any, method: str) -> N
     rope = form.rope_scaling or NONE
     if rope not in rope_scalings():
         raise LitFactoryError(f"RoPE scaling: {rope!r} is unknown. Fix: pick one of {rope_scalings()}.")
-    _set(model_args, "rope_scaling", None if rope == NONE else rope, None)
-    if rope != NONE:  # stretch to the length training uses (ModelArgs.context_length)
-        model_args["context_length"] = parse_number("cutoff length", form.cutoff_len, int, 1)
     if form.shift_attn and attention != "sdpa":
         raise LitFactoryError("S²-Attn: runs on SDPA attention. Fix: set attention to sdpa or turn S²-Attn off.")
-    _set(model_args, "shift_attn", bool(form.shift_attn), False)
     if form.liger_kernel and not liger_available():
         raise LitFactoryError("Liger kernels: liger-kernel is not installed. Fix: pip install 'lit-factory[liger]' "
                               "on a CUDA machine, or turn Liger off.")
-    _set(model_args, "liger_kernel", bool(form.liger_kernel), False)
-    _set(model_args, "neftune_alpha", parse_number("NEFTune alpha", form.neftune_alpha or 0, float, 0), 0.0)
+    alpha = parse_number("NEFTune alpha", form.neftune_alpha or 0, float, 0)
+    chosen: dict[str, dict[str, Any]] = {}
+    if rope != NONE:  # stretch to the length training uses
+        chosen[ROPE] = {"class_path": ROPE, "init_args": {
+            "kind": rope, "context_length": parse_number("cutoff length", form.cutoff_len, int, 1)}}
+    if form.shift_attn:
+        chosen[S2_ATTN] = {"class_path": S2_ATTN}
+    if form.liger_kernel:
+        chosen[LIGER] = {"class_path": LIGER}
+    if alpha > 0:
+        chosen[NEFTUNE] = {"class_path": NEFTUNE, "init_args": {"alpha": alpha}}
+    # The panel's patches keep their places in the list, new ones go last; patches it does not show stay.
+    patches = []
+    for entry in model_args.get("patches") or []:
+        class_path = entry.get("class_path") if isinstance(entry, dict) else None
+        if class_path not in PANEL_PATCHES:
+            patches.append(entry)
+        elif class_path in chosen:
+            patches.append(chosen.pop(class_path))
+    patches += chosen.values()
+    _set(model_args, "patches", patches, [])
     _set(model_args, "gradient_checkpointing", bool(form.gradient_checkpointing), False)
 
 
