@@ -50,12 +50,13 @@ def run_method(method: str, model_dir: str, seq_len: int, steps: int) -> dict:
     import torch
 
     from lit_factory.model import Freeze, LoRA, ModelArgs, build_model, build_tokenizer
+    from lit_factory.model.quantization import BitsAndBytes
     from lit_factory.optim import GaLore, build_optimizer
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     args = ModelArgs(path=model_dir, dtype="bfloat16" if cuda else "float32", gradient_checkpointing=True,
-                     quantization="nf4" if method == "qlora" else None)
+                     quantization=BitsAndBytes() if method == "qlora" else None)
     finetuning = {"full": None, "freeze": Freeze(trainable_layers=2), "galore": None,
                   "lora": LoRA(r=8, alpha=16), "qlora": LoRA(r=8, alpha=16)}[method]
     model = build_model(args, build_tokenizer(args), finetuning, device)

@@ -218,7 +218,8 @@ def build_cases(root: Path, ckpt: Path, evil_url: str, base: Path, taken_port: i
                                        f"pip install '{ABSENT_LOGGER[1]}")} if ABSENT_LOGGER else {}),
         "config_null_on_command_line": (fit("--model.init_args.model.config", "null"),
                                         "model.init_args.model.config: null given on the command line"),
-        "quantization_of_inline_config": (fit("--model.init_args.model.quantization", "nf4"), "model.quantization"),
+        "quantization_of_inline_config": (fit("--model.init_args.model.quantization", "BitsAndBytes"),
+                                          "model.quantization"),
         # export
         "export_missing_model": (["export", "--model", str(root / "no_model"), "--output", str(root / "out1")],
                                  "--model: "),

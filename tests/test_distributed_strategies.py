@@ -168,7 +168,7 @@ def test_nccl_on_a_cpu_machine_is_one_line_error(capsys, tmp_path, base):
 def test_quantized_model_under_a_sharding_strategy_is_one_line_error(capsys, tmp_path, base):
     err = fit_error(capsys, tmp_path, base, "--config", "recipes/distributed/fsdp.yaml",
                     "--model.init_args.finetuning", "lit_factory.model.LoRA",
-                    "--model.init_args.model.quantization", "nf4")
+                    "--model.init_args.model.quantization", "BitsAndBytes")
     assert "does not train under FSDP" in err and "DDP" in err
 
 

@@ -8,7 +8,7 @@ import torch
 
 from lit_factory.errors import LitFactoryError
 from lit_factory.model import Full, LoRA, ModelArgs, build_model, build_tokenizer
-from lit_factory.model.patches import NEFTune, RopeScaling, ShiftedSparseAttention
+from lit_factory.model.patches import NEFTune, Patch, RopeScaling, ShiftedSparseAttention
 from tiny_models import SPARROW
 
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -167,3 +167,50 @@ def test_vision_language_model_loads_with_image_text_class_and_frozen_vision_tow
     unfrozen = build_model(ModelArgs(**{**vars(args), "freeze_vision_tower": False,
                                         "freeze_multi_modal_projector": False}), tokenizer, Full())
     assert all(p.requires_grad for p in unfrozen.parameters())
+
+
+# ---- a user's own patch, named in a recipe --------------------------------------------------------------------------
+HOOK_CALLS: list[tuple] = []
+
+
+class RecordingPatch(Patch):
+    """A patch a user writes: sets a config value before the weights load and records the models its hooks see."""
+
+    def __init__(self, rms_norm_eps: float = 1e-6) -> None:
+        self.rms_norm_eps = rms_norm_eps
+
+    def configure(self, config, load_options):
+        config.rms_norm_eps = self.rms_norm_eps
+        HOOK_CALLS.append(("configure", load_options["attn_implementation"]))
+
+    def patch_base(self, model, device):
+        HOOK_CALLS.append(("patch_base", type(model).__name__, device.type))
+
+    def patch_model(self, model):
+        HOOK_CALLS.append(("patch_model", type(model).__name__, model.config.rms_norm_eps))
+
+
+def test_a_user_defined_patch_named_in_a_recipe_is_applied(tmp_path):
+    import json
+
+    import yaml
+
+    from lit_factory.cli import main
+
+    class_path = f"{RecordingPatch.__module__}.{RecordingPatch.__qualname__}"
+    overlay = tmp_path / "my_patch.yaml"
+    overlay.write_text(yaml.safe_dump({"model": {"init_args": {
+        "model": {"config": {**TINY, "model_type": "qwen2"},
+                  "patches": [{"class_path": class_path, "init_args": {"rms_norm_eps": 0.125}}]},
+        "finetuning": {"class_path": "lit_factory.model.LoRA", "init_args": {"r": 2}}}}}))
+    HOOK_CALLS.clear()
+    assert main(["fit", "--config", "recipes/quickstart.yaml", "--config", str(overlay), "--trainer.max_steps", "1",
+                 "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.max_samples", "8",
+                 "--data.init_args.val_size", "0", "--trainer.limit_val_batches", "0"]) == 0
+    # Each hook ran once, in the builder's order: before loading, on the base, on the model LoRA wrapped.
+    assert HOOK_CALLS == [("configure", "sdpa"), ("patch_base", "Qwen2ForCausalLM", "cpu"),
+                          ("patch_model", "PeftModelForCausalLM", 0.125)]
+    run = tmp_path / "quickstart" / "version_0"
+    assert class_path in (run / "config.yaml").read_text() and class_path in (run / "hparams.yaml").read_text()
+    assert json.loads((run / "adapter_config.json").read_text())["r"] == 2
