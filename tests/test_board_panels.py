@@ -98,7 +98,8 @@ CASES = {
         "model.init_args.desirable_weight": 1.5, "model.init_args.undesirable_weight": 0.75,
         "model.init_args.model.quantization.class_path": "lit_factory.model.quantization.BitsAndBytes",
         "model.init_args.model.quantization.init_args.bits": 4,
-        "model.init_args.model.quantization.init_args.quant_type": "nf4", "model.init_args.model.adapter": "runs/reward"}),
+        "model.init_args.model.quantization.init_args.quant_type": "nf4",
+        "model.init_args.model.adapter": "runs/reward"}),
     "PPO options": ("ppo/lora.yaml", dict(
         datasets=["pairs"], dataset_dir="data", ppo_reward_model="runs/reward", ppo_reward_model_type="full",
         ppo_epochs=2, ppo_mini_batch_size=3, ppo_max_new_tokens=17, ppo_temperature=0.7, ppo_top_p=0.9,
@@ -177,7 +178,8 @@ def test_model_parts_the_panel_does_not_show_are_kept_and_its_own_keep_their_pla
     base["model"]["init_args"]["model"].update(
         path="Qwen/Qwen2.5-0.5B",
         quantization={"class_path": bnb, "init_args": {"bits": 4, "quant_type": "fp4", "double_quantization": False}},
-        patches=[{"class_path": f"{patches}.FastLoRA"}, {"class_path": f"{patches}.NEFTune", "init_args": {"alpha": 3.0}},
+        patches=[{"class_path": f"{patches}.FastLoRA"},
+                 {"class_path": f"{patches}.NEFTune", "init_args": {"alpha": 3.0}},
                  {"class_path": f"{patches}.CompileLayers"}])
     form = recipes.form_from_recipe(base, run_name="parts")
     assert (form.quantization, form.neftune_alpha, form.shift_attn, form.rope_scaling) == ("fp4", 3.0, False, "none")

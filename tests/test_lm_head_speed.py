@@ -49,7 +49,8 @@ def test_compiled_decoder_layers_train_like_eager_ones():
         torch.manual_seed(0)
         # One layer: compiling on a 2-core CPU takes most of this test's time.
         config = dict(TINY, num_hidden_layers=1)
-        stage = SFT(ModelArgs(config=config, tokenizer=SPARROW, patches=[CompileLayers()] if compile_layers else []), LoRA(r=4))
+        patches = [CompileLayers()] if compile_layers else []
+        stage = SFT(ModelArgs(config=config, tokenizer=SPARROW, patches=patches), LoRA(r=4))
         stage.configure_model()
         layers = stage.model.get_base_model().get_decoder().layers
         assert all((layer._compiled_call_impl is not None) == compile_layers for layer in layers)

@@ -32,7 +32,8 @@ def test_model_gradients_with_fast_lora_equal_peft():
     torch.manual_seed(0)
     peft_model = build_model(args, tokenizer, LoRA(r=4, alpha=8))
     torch.manual_seed(0)
-    fast = build_model(ModelArgs(config=dict(TINY), tokenizer=SPARROW, patches=[FastLoRA()]), tokenizer, LoRA(r=4, alpha=8))
+    fast = build_model(ModelArgs(config=dict(TINY), tokenizer=SPARROW, patches=[FastLoRA()]), tokenizer,
+                       LoRA(r=4, alpha=8))
     fast.load_state_dict(peft_model.state_dict())
     for name, p in fast.named_parameters():  # non-zero B, so every gradient path is exercised
         if "lora_B" in name:

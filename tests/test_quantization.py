@@ -33,8 +33,8 @@ class LossRecorder(pl.Callback):
 def test_nf4_double_quantized_base_trains_a_lora_adapter_on_cpu(base_dir, tmp_path):
     import bitsandbytes as bnb
 
-    stage = SFT(ModelArgs(path=str(base_dir), quantization=BitsAndBytes(4, "nf4", double_quantization=True)), LoRA(r=8, alpha=16),
-                partial(torch.optim.AdamW, lr=5e-3))
+    stage = SFT(ModelArgs(path=str(base_dir), quantization=BitsAndBytes(4, "nf4", double_quantization=True)),
+                LoRA(r=8, alpha=16), partial(torch.optim.AdamW, lr=5e-3))
     stage.configure_model()
     quantized = [m for m in stage.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 2 * 7  # every q/k/v/o/gate/up/down projection of both layers

@@ -136,11 +136,13 @@ def scale_rope(config: "PretrainedConfig", kind: str, context_length: Optional[i
     Returns the factor, or None when the model's context already covers ``context_length`` (no scaling needed).
     """
     if context_length is None:
-        raise LitFactoryError("model.patches: RopeScaling needs context_length, the training length (the data's cutoff_len)")
+        raise LitFactoryError("model.patches: RopeScaling needs context_length, the training length (the data's "
+                              "cutoff_len)")
     native = getattr(config, "max_position_embeddings", None)
     parameters = getattr(config, "rope_parameters", None)
     if native is None or parameters is None:
-        raise LitFactoryError(f"model.patches: RopeScaling: {config.model_type} has no rotary position embeddings to scale; remove the patch")
+        raise LitFactoryError(f"model.patches: RopeScaling: {config.model_type} has no rotary position embeddings to "
+                              "scale; remove the patch")
     if context_length <= native:
         return None
     factor = float(math.ceil(context_length / native))
