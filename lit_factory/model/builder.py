@@ -1,7 +1,9 @@
 """The shared model builder: every stage gets its tokenizer and model from here.
 
 A model comes either from a local directory / hub id (``path``) through the transformers Auto classes, or is built
-with random weights from an inline transformers config (``config``) — what tests and the quickstart use.
+with random weights from an inline transformers config (``config``) — what tests and the quickstart use. Plain
+settings are typed fields of ``ModelArgs``; quantization and patches are parts the recipe names by class path
+(``lit_factory.model.quantization``, ``lit_factory.model.patches``), whose hooks the builder calls in one place each.
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ S2_ATTENTION = "s2attn"
 
 # ---- the patch components ----------------------------------------------------------------------------------------
 class Patch:
-    """Base of the model patches. ``build_model`` calls each hook of every listed patch in list order; a patch
-    overrides the hooks it needs (the others do nothing).
+    """Base of the model patches: a subclass overrides the hooks it needs (the others do nothing).
+
+    ``build_model`` calls each hook of every listed patch in list order.
 
     Hooks, in the order the builder reaches them:
         ``check(args)``: when the model settings are read; raise a one-line error for settings it cannot run with.
@@ -55,8 +56,10 @@ class Patch:
 
 
 class RopeScaling(Patch):
-    """Stretch rotary position embeddings to ``context_length`` with the factor
-    ``ceil(context_length / max_position_embeddings)``; no change when the model's context already covers it.
+    """Stretch rotary position embeddings to the training length ``context_length``.
+
+    The factor is ``ceil(context_length / max_position_embeddings)``; no change when the model's context already
+    covers the length.
 
     Args:
         kind: ``linear`` (position interpolation) or ``dynamic`` (NTK-aware).
@@ -74,9 +77,10 @@ class RopeScaling(Patch):
 
 
 class ShiftedSparseAttention(Patch):
-    """Train with shifted sparse attention (S²-Attn, LongLoRA) for long contexts: groups of a quarter of the
-    sequence, half of the heads shifted by half a group. Evaluation and generation use full attention. Runs on
-    SDPA (``model.attn_implementation: sdpa``)."""
+    """Train with shifted sparse attention (S²-Attn, LongLoRA) for long contexts.
+
+    Groups of a quarter of the sequence, half of the heads shifted by half a group; evaluation and generation use
+    full attention. Runs on SDPA (``model.attn_implementation: sdpa``)."""
 
     def check(self, args: "ModelArgs") -> None:
         if args.attn_implementation != "sdpa":
@@ -105,8 +109,9 @@ class NEFTune(Patch):
 
 
 class FastLoRA(Patch):
-    """Run LoRA linear layers through lit-factory's fused autograd function (``lit_factory.model.lora_fast``)
-    instead of PEFT's forward; layers it does not cover (DoRA, dropout, quantized) keep PEFT's."""
+    """Run LoRA linear layers through lit-factory's fused autograd function (``lit_factory.model.lora_fast``).
+
+    Layers it does not cover (DoRA, dropout, quantized) keep PEFT's forward."""
 
     def patch_model(self, model: "nn.Module") -> None:
         from lit_factory.model.lora_fast import use_fast_lora
@@ -115,8 +120,9 @@ class FastLoRA(Patch):
 
 
 class LigerKernels(Patch):
-    """Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (LLaMA-Factory's ``enable_liger_kernel``). CUDA
-    only: a one-line error elsewhere; ``pip install 'lit-factory[liger]'``."""
+    """Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (LLaMA-Factory's ``enable_liger_kernel``).
+
+    CUDA only: a one-line error elsewhere; ``pip install 'lit-factory[liger]'``."""
 
     def patch_base(self, model: "nn.Module", device: "torch.device") -> None:
         apply_liger_kernels(model, device)  # before adapters: Liger patches the modules LoRA then wraps
