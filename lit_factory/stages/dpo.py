@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from lit_factory.data import objectives
 from lit_factory.errors import LitFactoryError
 from lit_factory.stages.preference import ReferenceStage, require_batch
 
@@ -28,7 +29,7 @@ class DPO(ReferenceStage):
         **kwargs: ``reference`` and the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
     """
 
-    data_objective = "pairwise"
+    data_objective = objectives.Pairwise
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from lit_factory.data import objectives
 from lit_factory.stages.preference import ReferenceStage, require_batch
 
 
@@ -23,7 +24,7 @@ class KTO(ReferenceStage):
         **kwargs: ``reference`` and the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
     """
 
-    data_objective = "kto"
+    data_objective = objectives.KTO
     reference_prefixes = ("", "kl_")
 
     def __init__(
