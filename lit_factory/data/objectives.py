@@ -18,8 +18,6 @@ The encodings themselves (truncation, loss masks) are in :mod:`lit_factory.data.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, Union
 
 from lit_factory.data.collators import KTOCollator, PaddingCollator, PairwiseCollator, PromptCollator
@@ -65,10 +63,8 @@ class Objective:
 
     @property
     def key(self) -> str:
-        """The built-in name, or ``module.Class`` for an objective of your own (recorded in hyperparameters)."""
-        if OBJECTIVES.get(self.name) is type(self):
-            return self.name
-        return f"{type(self).__module__}.{type(self).__qualname__}"
+        """The built-in name, or ``module.Class`` for an objective of your own (see :func:`objective_key`)."""
+        return objective_key(type(self))
 
     def __str__(self) -> str:
         return self.key
@@ -85,6 +81,9 @@ class Objective:
     def fingerprint(self) -> tuple[str, str]:
         """Part of the tokenised rows' cache key: the key, and the source of an objective defined outside this
         package (whose edits the package's code digest would not see)."""
+        import hashlib
+        import inspect
+
         if type(self).__module__ == __name__:
             return self.key, ""
         try:
@@ -336,6 +335,14 @@ class Prompt(Objective):
 
 #: The built-in objectives by name.
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (Supervised, PreTrain, Pairwise, KTO, Prompt)}
+
+
+def objective_key(objective: type[Objective]) -> str:
+    """How an objective class is written where a value must stay plain text (the CLI's link into the data module,
+    hyperparameters, checkpoints): its built-in name, else its import path ``module.Class``."""
+    if OBJECTIVES.get(objective.name) is objective:
+        return objective.name
+    return f"{objective.__module__}.{objective.__qualname__}"
 
 
 def objective_component(value: Union[str, type[Objective], Objective]) -> Objective:
