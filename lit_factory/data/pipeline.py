@@ -4,7 +4,8 @@ Per dataset: check the entry fits the objective (:mod:`lit_factory.data.objectiv
 ``max_samples`` rows -> the objective's rows (standard rows from align, or plain text) -> its encoder (tokenize) ->
 pack (packing, when asked). Each step is a ``datasets`` map with an explicit cache key (caching), so a second run
 with the same settings reads the tokenised rows from disk instead of preprocessing again; any setting that changes
-the rows (tokenizer, template, cutoff_len, masking, objective, code) changes the key. With ``streaming`` the same steps run lazily over an ``IterableDataset``.
+the rows (tokenizer, template, cutoff_len, masking, objective, code) changes the key. With ``streaming`` the same
+steps run lazily over an ``IterableDataset``.
 """
 
 from __future__ import annotations

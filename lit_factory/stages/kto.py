@@ -35,7 +35,8 @@ class KTO(ReferenceStage):
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "labels", "kto_tags", "kl_input_ids", "kl_labels"), "KTO", "kto")
+        require_batch(batch, ("input_ids", "labels", "kto_tags", "kl_input_ids", "kl_labels"), "KTO",
+                      self.data_objective)
         logratios = self.policy_logps(batch)[0] - self.reference_logps(batch)
         with torch.no_grad():
             kl = (self.policy_logps(batch, "kl_")[0] - self.reference_logps(batch, "kl_")).mean()

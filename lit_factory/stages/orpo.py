@@ -39,7 +39,7 @@ class ORPO(PreferenceStage):
         self.beta = beta
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "attention_mask", "labels"), "ORPO", "pairwise")
+        require_batch(batch, ("input_ids", "attention_mask", "labels"), "ORPO", self.data_objective)
         logps, counts = self.policy_logps(batch)
         chosen, rejected = (logps / counts.clamp(min=1)).chunk(2)
         log_odds_ratio = (chosen - rejected) - (log1m_exp(chosen) - log1m_exp(rejected))

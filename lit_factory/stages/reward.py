@@ -47,7 +47,7 @@ class RewardModel(PreferenceStage):
         return last_token_values(values, attention_mask)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "attention_mask"), "RewardModel", "pairwise")
+        require_batch(batch, ("input_ids", "attention_mask"), "RewardModel", self.data_objective)
         chosen, rejected = self.scores(batch["input_ids"], batch["attention_mask"]).chunk(2)
         loss = -F.logsigmoid(chosen - rejected).mean()
 

@@ -31,7 +31,7 @@ class SimPO(PreferenceStage):
         self.beta, self.gamma = beta, gamma
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "attention_mask", "labels"), "SimPO", "pairwise")
+        require_batch(batch, ("input_ids", "attention_mask", "labels"), "SimPO", self.data_objective)
         logps, counts = self.policy_logps(batch)
         chosen_rewards, rejected_rewards = (self.beta * logps / counts.clamp(min=1)).chunk(2)
         losses = -F.logsigmoid(chosen_rewards - rejected_rewards - self.gamma)
