@@ -137,8 +137,11 @@ class FactoryCLI(LightningCLI):
         parser.link_arguments(
             "model", "data.init_args.tokenizer", compute_fn=lambda stage: stage.tokenizer, apply_on="instantiate"
         )
-        parser.link_arguments(
-            "model", "data.init_args.objective", compute_fn=lambda stage: stage.data_objective, apply_on="instantiate"
+        from lit_factory.data.objectives import objective_key
+
+        parser.link_arguments(  # by name (an import path for one of your own): it lands in hparams and checkpoints
+            "model", "data.init_args.objective", compute_fn=lambda stage: objective_key(stage.data_objective),
+            apply_on="instantiate",
         )
         parser.link_arguments(  # a vision-language model's image plugin (None for text models)
             "model", "data.init_args.media", compute_fn=lambda stage: stage.media, apply_on="instantiate"

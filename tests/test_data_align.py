@@ -11,7 +11,7 @@ import pytest
 from lit_factory.data.align import align_alpaca, align_dataset, align_sharegpt
 from lit_factory.data.datamodule import DataModule
 from lit_factory.data.loader import load_dataset_file
-from lit_factory.data.pipeline import check_objective
+from lit_factory.data.objectives import Supervised
 from lit_factory.data.spec import get_dataset_spec, parse_entry
 from lit_factory.errors import LitFactoryError
 
@@ -198,7 +198,7 @@ def test_invalid_entries(tmp_path):
         get_dataset_spec("x", tmp_path)
     preference = spec_of({"file_name": "x.json", "ranking": True, "formatting": "sharegpt"}, name="prefs")
     with pytest.raises(LitFactoryError, match="'prefs' is a preference"):
-        check_objective(preference, "supervised")
+        Supervised().check(preference)
 
 
 def test_unloadable_tokenizer_names_the_field(tmp_path):

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from lit_factory.data import pipeline, tokenize
+from lit_factory.data import objectives, tokenize
 from lit_factory.data.datamodule import DataModule
 from lit_factory.data.tokenize import IGNORE_INDEX
 
@@ -138,7 +138,7 @@ def test_second_run_reads_the_cache_and_settings_change_the_key(tmp_path, qwen_t
         raise AssertionError("preprocessing ran again")
 
     monkeypatch.setattr(tokenize, "encode_supervised", fail)
-    monkeypatch.setattr(pipeline, "encoder", lambda *a, **k: fail)
+    monkeypatch.setattr(objectives, "encoder", lambda *a, **k: fail)
     second = make(tmp_path, qwen_tokenizer, "d", max_samples=None)  # same settings: read from disk
     assert second.train_set["input_ids"] == first.train_set["input_ids"]
     for changed in ({"cutoff_len": 100}, {"mask_history": True}, {"train_on_prompt": True}, {"template": "chatml"},

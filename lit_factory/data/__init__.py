@@ -3,9 +3,10 @@
 ``spec`` (dataset_info.json), ``loader`` (files, hub), ``align`` (formats -> standard rows), ``templates`` (chat
 formats over ``templates/*.yaml``; ``tokenizer_template`` for a tokenizer's own jinja), ``tokenize`` (loss masks,
 truncation, preference and prompt encodings, pretraining blocks), ``pipeline`` (per-dataset steps, caching, mixing),
-``packing`` (SFT packing), ``collators`` (the batch format of each objective), ``datamodule`` (the Lightning data
-module) and ``preview`` (``lit-factory data``). Names are exported lazily so that importing this package does not
-import lightning, torch or datasets.
+``packing`` (SFT packing), ``collators`` (the batch format of each objective), ``objectives`` (what a stage trains
+on: a dataset check, an encoding and a collator per class), ``datamodule`` (the Lightning data module) and
+``preview`` (``lit-factory data``). Names are exported lazily so that importing this package does not import
+lightning, torch or datasets.
 """
 
 from importlib import import_module
@@ -13,6 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "DataModule": "lit_factory.data.datamodule",
+    "Objective": "lit_factory.data.objectives",
     "PaddingCollator": "lit_factory.data.collators",
     "PairwiseCollator": "lit_factory.data.collators",
     "KTOCollator": "lit_factory.data.collators",

@@ -45,7 +45,7 @@ from lit_factory.data.tool_messages import function_content, observation_content
 from lit_factory.errors import LitFactoryError
 
 if TYPE_CHECKING:
-    from datasets import Dataset, Features
+    from datasets import Dataset, Features, IterableDataset
 
 log = logging.getLogger(__name__)
 
@@ -286,17 +286,34 @@ def align_batch_fn(spec: DatasetSpec):
     return align_batch
 
 
-def align_dataset(dataset: "Dataset", spec: DatasetSpec, num_proc: int | None = None) -> "Dataset":
-    """The dataset's rows as standard rows; malformed rows are dropped with one counted warning."""
-    from datasets import Value
+def column_names(dataset: Any) -> list[str]:
+    """A dataset's column names; a stream whose schema is unknown until read is asked for its first row."""
+    names = dataset.column_names
+    if names is None:
+        names = list(next(iter(dataset)).keys())
+    return list(names)
 
-    check_columns(dataset.column_names, spec)
+
+def align_dataset(dataset: "Dataset | IterableDataset", spec: DatasetSpec, num_proc: int | None = None) -> Any:
+    """The dataset's rows as standard rows; malformed rows are dropped with one counted warning (a stream, which
+    cannot be counted up front, is aligned lazily and reports each skipped row as it passes)."""
+    from datasets import IterableDataset, Value
+
+    streaming = isinstance(dataset, IterableDataset)
+    columns = column_names(dataset)
+    check_columns(columns, spec)
     features = standard_features()
     features[SKIP_COLUMN] = Value("string")
-    aligned = dataset.map(
-        align_batch_fn(spec), batched=True, remove_columns=dataset.column_names, features=features,
-        desc=f"Aligning {spec.name}", new_fingerprint=map_fingerprint(dataset, "align", spec), num_proc=num_proc,
-    )
+    cache = {} if streaming else dict(desc=f"Aligning {spec.name}", num_proc=num_proc,
+                                      new_fingerprint=map_fingerprint(dataset, "align", spec))
+    aligned = dataset.map(align_batch_fn(spec), batched=True, remove_columns=columns, features=features, **cache)
+    if streaming:
+        def keep(reason: str) -> bool:
+            if reason:
+                log.warning("skipped a row of %s: %s", spec.path, reason)
+            return not reason
+
+        return aligned.filter(keep, input_columns=SKIP_COLUMN).remove_columns(SKIP_COLUMN)
     reasons = Counter(reason for reason in aligned[SKIP_COLUMN] if reason)
     if reasons:
         detail = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())

@@ -2,18 +2,20 @@
 
 Each dataset is prepared by :mod:`lit_factory.data.pipeline` (read, align, tokenise, pack; cached on disk), the
 datasets are mixed (concatenated in order, or interleaved with probabilities), then split into train and validation
-with ``seed``. The collator follows the objective (see :mod:`lit_factory.data.collators` for the batch formats).
+with ``seed``. The collator follows the objective (:mod:`lit_factory.data.objectives`; see
+:mod:`lit_factory.data.collators` for the batch formats).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 
-from lit_factory.data.collators import KTOCollator, PaddingCollator, PairwiseCollator, PromptCollator
-from lit_factory.data.pipeline import OBJECTIVES, Preprocessing, mix_datasets, prepare_dataset
+from lit_factory.data.collators import PromptCollator
+from lit_factory.data.objectives import Objective, Prompt, objective_component
+from lit_factory.data.pipeline import Preprocessing, mix_datasets, prepare_dataset
 from lit_factory.data.spec import get_dataset_spec
 from lit_factory.data.templates import AnyTemplate, get_template
 from lit_factory.errors import LitFactoryError
@@ -34,10 +36,11 @@ class DataModule(pl.LightningDataModule):
         dataset_dir: the folder holding ``dataset_info.json`` (file names in it are relative to this folder).
         tokenizer: a tokenizer folder or hub id, or a loaded tokenizer (the CLI passes the stage's own). It is not
             modified: without a pad token, batches are padded with the eos id.
-        objective: what the stage trains on (the CLI sets it from the stage): ``supervised`` (assistant replies
-            of conversations), ``pretrain`` (plain text packed into blocks of ``cutoff_len``), ``pairwise``
-            (ranking data: n chosen then n rejected rows), ``kto`` (rows with a desirable flag, plus mismatched
-            pairs), ``prompt`` (left-padded prompts only, for PPO and generation).
+        objective: what the stage trains on (the CLI sets it from the stage's ``data_objective``): an objective of
+            :mod:`lit_factory.data.objectives` by name or class: ``supervised`` (assistant replies of
+            conversations), ``pretrain`` (plain text packed into blocks of ``cutoff_len``), ``pairwise`` (ranking
+            data: n chosen then n rejected rows), ``kto`` (rows with a desirable flag, plus mismatched pairs),
+            ``prompt`` (left-padded prompts only, for PPO and generation); or an ``Objective`` subclass of your own.
         template: chat template name (a file in ``templates/``) or a path to a template YAML; ``auto`` picks one
             from the tokenizer; ``tokenizer`` uses the tokenizer's own jinja chat template. Unused by ``pretrain``.
         enable_thinking: (reasoning templates: qwen3, deepseekr1, ...) null keeps the template's own setting (they
@@ -77,7 +80,7 @@ class DataModule(pl.LightningDataModule):
         dataset: str | list[str],
         dataset_dir: str = "data",
         tokenizer: Any = None,
-        objective: Literal["supervised", "pretrain", "pairwise", "kto", "prompt"] = "supervised",
+        objective: Union[str, type[Objective], Objective] = "supervised",
         template: str = "auto",
         enable_thinking: bool | None = None,
         cutoff_len: int = 1024,
@@ -104,8 +107,7 @@ class DataModule(pl.LightningDataModule):
         self.dataset_names = [name.strip() for name in names if name.strip()]
         if not self.dataset_names:
             raise LitFactoryError("data.dataset is empty. Fix: name at least one entry of dataset_info.json.")
-        if objective not in OBJECTIVES:
-            raise LitFactoryError(f"data.objective={objective!r} is unknown. Fix: use one of {list(OBJECTIVES)}.")
+        self.objective = objective_component(objective)
         for field, value in (("cutoff_len", cutoff_len), ("batch_size", batch_size)):
             if value < 1:
                 raise LitFactoryError(f"data.{field}={value} must be at least 1. Fix: set a positive number.")
@@ -115,12 +117,7 @@ class DataModule(pl.LightningDataModule):
             raise LitFactoryError(f"data.val_size={val_size} is negative. Fix: 0 (no validation), a count or a ratio.")
         if streaming and 0 < val_size < 1:
             raise LitFactoryError(f"data.val_size={val_size}: a stream has no length to take a ratio of. Fix: a count.")
-        if objective == "kto" and batch_size < 2:
-            raise LitFactoryError("data.batch_size=1: KTO pairs each prompt with another row's completion for its "
-                                  "KL term. Fix: batch_size of at least 2.")
-        if packing and objective != "supervised":
-            raise LitFactoryError(f"data.packing applies to the supervised objective, not {objective!r} (pretrain "
-                                  "always packs). Fix: set packing: false.")
+        self.objective.check_settings(batch_size, packing)
         if truncation_side not in ("right", "left"):
             raise LitFactoryError(f"data.truncation_side={truncation_side!r} is unknown. Fix: right (keep a long "
                                   "prompt's beginning, LLaMA-Factory's rule) or left (keep its end).")
@@ -134,7 +131,6 @@ class DataModule(pl.LightningDataModule):
             raise LitFactoryError("data.packing: packing rows with images is not supported yet. Fix: set packing: false.")
         self.media = media
         self.dataset_dir = resolve_shipped_path(dataset_dir)
-        self.objective = objective
         self.template_name = template
         self.enable_thinking = enable_thinking
         self.cutoff_len = cutoff_len
@@ -148,7 +144,7 @@ class DataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.preprocessing = Preprocessing(
-            objective=objective, cutoff_len=cutoff_len, train_on_prompt=train_on_prompt, mask_history=mask_history,
+            objective=self.objective, cutoff_len=cutoff_len, train_on_prompt=train_on_prompt, mask_history=mask_history,
             truncation_side=truncation_side, max_samples=max_samples, num_proc=preprocessing_num_workers,
             streaming=streaming, packing=packing, seed=seed,
         )
@@ -157,6 +153,9 @@ class DataModule(pl.LightningDataModule):
         self.train_set: Any = None
         self.val_set: Any = None
         # A tokenizer object does not belong in a checkpoint's hyperparameters; the stage records the model path.
+        # The objective is recorded by name (a class path for one of your own): readable in hparams.yaml, and a
+        # checkpoint loads without unpickling a class.
+        objective = self.objective.key  # noqa: F841 (read by save_hyperparameters from this frame)
         self.save_hyperparameters(ignore=["tokenizer", "media"])
 
     @property
@@ -195,7 +194,7 @@ class DataModule(pl.LightningDataModule):
 
     def prepare(self, name: str) -> "Dataset":
         """One dataset's rows, ready for the collator (see :func:`lit_factory.data.pipeline.prepare_dataset`)."""
-        template = None if self.objective == "pretrain" else self.template
+        template = self.template if self.objective.uses_template else None
         return prepare_dataset(name, self.dataset_dir, self.tokenizer, template, self.preprocessing, self.media)
 
     def setup(self, stage: str | None = None) -> None:
@@ -237,22 +236,12 @@ class DataModule(pl.LightningDataModule):
     def collator(self) -> Any:
         """The collator of this objective (see :mod:`lit_factory.data.collators`); with an image plugin, batches
         also carry the model's image inputs."""
-        if self.media is not None and self.objective == "supervised":
+        collate = self.objective.collator(self.pad_token_id, self.preprocessing)
+        if self.media is not None and self.objective.images:
             from lit_factory.data.media import MediaCollator
 
-            return MediaCollator(PaddingCollator(self.pad_token_id), self.media)
-        pad_id = self.pad_token_id
-        if self.objective == "pairwise":
-            return PairwiseCollator(pad_id)
-        if self.objective == "kto":
-            return KTOCollator(pad_id, self.cutoff_len)
-        if self.objective == "prompt":
-            return PromptCollator(pad_id)
-        if self.preprocessing.packing:
-            from lit_factory.data.packing import PackedCollator
-
-            return PackedCollator(pad_id)
-        return PaddingCollator(pad_id)
+            return MediaCollator(collate, self.media)
+        return collate
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool, collate_fn: Any = None,
                 split: Optional[Literal["train", "val"]] = None, **loader_options: Any) -> "DataLoader":
@@ -292,8 +281,7 @@ class DataModule(pl.LightningDataModule):
             collate_fn=collate_fn or self.collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            # KTO's mismatched pairs need two rows in every batch.
-            drop_last=self.objective == "kto" and not streaming and len(dataset) % batch_size == 1,
+            drop_last=not streaming and self.objective.drop_last(len(dataset), batch_size),
             # Each pass draws its worker seed from here, not from torch's global generator: a resumed run
             # starts its passes at other moments, and the dropout masks must not move with them.
             generator=torch.Generator().manual_seed(self.seed),
@@ -304,11 +292,11 @@ class DataModule(pl.LightningDataModule):
         """Training batches in the objective's format, shuffled each epoch from ``seed`` and the epoch number
         (unless ``shuffle`` is off), resumable in the middle of an epoch (streams restart at their beginning)."""
         self.setup()
-        options = {}
-        if self.objective in ("supervised", "pretrain", "pairwise"):
+        options = self.objective.window_options() or {}
+        if options:
             # Token-level losses divide by the loss tokens of the whole optimizer step (see Stage.token_mean).
             window = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-            options = dict(window=window, chosen_only=self.objective == "pairwise")
+            options = dict(window=window, **options)
         return self._loader(self.train_set, self.batch_size, self.shuffle, split="train", **options)
 
     def val_dataloader(self) -> "DataLoader | list":
@@ -324,7 +312,7 @@ class DataModule(pl.LightningDataModule):
         ``lit-factory predict``)."""
         from dataclasses import replace
 
-        settings = replace(self.preprocessing, objective="prompt", packing=False)
+        settings = replace(self.preprocessing, objective=Prompt(), packing=False)
         parts = [prepare_dataset(name, self.dataset_dir, self.tokenizer, self.template, settings, self.media)
                  for name in self.dataset_names]
         data = mix_datasets(parts, self.mix_strategy, self.interleave_probs, self.seed)

@@ -18,6 +18,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from lit_factory.data.objectives import KTO, OBJECTIVES, Objective, Pairwise, Supervised
 from lit_factory.errors import LitFactoryError
 from lit_factory.shipped import resolve_shipped_path
 
@@ -31,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dataset", help="entry name(s), comma-separated")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the recipe model's)")
     parser.add_argument("--template", help="chat template name, 'auto' or 'tokenizer'")
-    parser.add_argument("--objective", choices=["supervised", "pretrain", "pairwise", "kto", "prompt"])
+    parser.add_argument("--objective", choices=list(OBJECTIVES))
     parser.add_argument("--cutoff-len", type=int)
     parser.add_argument("--max-samples", type=int)
     parser.add_argument("-n", "--num-samples", type=int, default=3, help="samples to print per dataset")
@@ -94,46 +95,33 @@ def _percentiles(values: list[int]) -> str:
     return f"p50 {p50:.0f}, p90 {p90:.0f}, p99 {p99:.0f}, max {max(values)}"
 
 
-def row_token_lists(row: dict[str, Any]) -> list[tuple[list[int], list[int] | None]]:
-    """A prepared row as (ids, labels) sequences, whatever its objective."""
-    if "chosen_ids" in row:
-        prompt = row["prompt_ids"]
-        return [(prompt + row[key], [-100] * len(prompt) + row[key]) for key in ("chosen_ids", "rejected_ids")]
-    if "completion_ids" in row:
-        return [(row["prompt_ids"] + row["completion_ids"], [-100] * len(row["prompt_ids"]) + row["completion_ids"])]
-    if "prompt_ids" in row:
-        return [(row["prompt_ids"], None)]
-    return [(row["input_ids"], row.get("labels", row["input_ids"]))]
-
-
 def describe(name: str, module: Any, full_module: Any | None, count: int) -> list[str]:
     """The report lines of one prepared dataset (``full_module``: the same data without truncation)."""
-    rows = module.train_set
-    sequences = [seq for row in rows for seq in row_token_lists(row)]
+    rows, objective = module.train_set, module.objective
+    sequences = [seq for row in rows for seq in objective.sequences(row)]
     loss = sum(sum(label != -100 for label in labels) for _, labels in sequences if labels is not None)
     total = sum(len(ids) for ids, _ in sequences)
     lines = [f"== {name}: {len(rows)} examples ({module.objective})"]
     if full_module is not None:
-        lengths = [len(ids) for row in full_module.train_set for ids, _ in row_token_lists(row)]
+        lengths = [len(ids) for row in full_module.train_set for ids, _ in objective.sequences(row)]
         longer = sum(length > module.cutoff_len for length in lengths)
         lines.append(f"   tokens per sequence before cutoff: {_percentiles(lengths)}")
         lines.append(f"   longer than cutoff_len={module.cutoff_len} (truncated or dropped): "
                      f"{100 * longer / max(1, len(lengths)):.1f}%")
-    if module.objective != "prompt":
+    if objective.labelled:
         lines.append(f"   tokens with loss: {100 * loss / max(1, total):.1f}% of {total}")
     for index in range(min(count, len(rows))):
-        for part, (ids, labels) in enumerate(row_token_lists(rows[index])):
-            tag = ("chosen", "rejected")[part] if "chosen_ids" in rows[index] else "sample"
+        for tag, (ids, labels) in zip(objective.sequence_names, objective.sequences(rows[index])):
             lines += [f"-- {tag} {index}", decoded_segments(module.tokenizer, ids, labels)]
     return lines
 
 
-def natural_objective(name: str, dataset_dir: str) -> str:
+def natural_objective(name: str, dataset_dir: str) -> type[Objective]:
     """The objective a dataset is made for, when none is given: ranking -> pairwise, a kto_tag -> kto."""
     from lit_factory.data.spec import get_dataset_spec
 
     spec = get_dataset_spec(name, dataset_dir)
-    return "pairwise" if spec.ranking else "kto" if spec.column("kto_tag") else "supervised"
+    return Pairwise if spec.ranking else KTO if spec.column("kto_tag") else Supervised
 
 
 def main(argv: list[str]) -> int:
@@ -168,7 +156,7 @@ def main(argv: list[str]) -> int:
         module = DataModule(name, **{**settings, "objective": objective})
         module.setup()
         full = None
-        if module.objective != "pretrain" and not settings.get("packing"):
+        if not module.objective.always_packs and not settings.get("packing"):
             full = DataModule(name, **{**settings, "objective": objective, "cutoff_len": 10**9})
             full.setup()
         lines += describe(name, module, full, args.num_samples)

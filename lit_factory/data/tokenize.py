@@ -1,4 +1,4 @@
-"""Standard rows -> token ids and labels, for each data objective.
+"""Standard rows -> token ids and labels, for each data objective (:mod:`lit_factory.data.objectives`).
 
 Supervised: the template renders each exchange as (prompt, response, separator) text. The whole conversation is
 tokenised in one call, as ``apply_chat_template`` does, and each token is assigned to the piece its first character
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from lit_factory.data.templates import AnyTemplate, Message
@@ -42,13 +43,6 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy (and Hugging Face models) skip
 MEDIA = ("images", "videos", "audios")
-# The token columns each objective's encoder writes (see the module doc).
-OBJECTIVE_COLUMNS = {
-    "supervised": ["input_ids", "labels"],
-    "pairwise": ["prompt_ids", "chosen_ids", "rejected_ids"],
-    "kto": ["prompt_ids", "completion_ids", "kto_tag"],
-    "prompt": ["prompt_ids", "response"],
-}
 
 
 def special_tokens(tokenizer: Any) -> tuple[str, str]:
@@ -206,70 +200,46 @@ def pack_pretrain_blocks(texts: list[str], tokenizer: Any, cutoff_len: int) -> l
     return [stream[start : start + cutoff_len] for start in range(0, usable, cutoff_len)]
 
 
-def encoder(objective: str, tokenizer: Any, template: AnyTemplate, cutoff_len: int, train_on_prompt: bool = False,
-            mask_history: bool = False, truncation_side: str = "right", image_plugin: Any = None, media_dir: str = ".",
-            source: str = "dataset") -> Callable[..., dict[str, list]]:
-    """The batched map function (``with_indices``) from standard rows to the ``objective``'s token columns (see the
-    module doc). Rows that keep no loss token are left out; media columns travel along. With an image plugin
-    (``image_plugin``, see :mod:`lit_factory.data.media`) the ``<image>`` placeholders become the model's image
-    tokens, the image paths are resolved against ``media_dir``, and rows whose image tokens ``cutoff_len`` would cut
-    are left out (a cut image cannot be fed to the model); ``source`` names the data in errors."""
+@dataclass(frozen=True)
+class Encoding:
+    """What turns standard rows into token columns besides the objective: the tokenizer, the template, the truncation
+    and masking settings, and (with an image plugin, see :mod:`lit_factory.data.media`) the plugin, the folder image
+    paths are relative to and the name of the data in errors."""
+
+    tokenizer: Any
+    template: AnyTemplate | None
+    cutoff_len: int
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    truncation_side: str = "right"
+    image_plugin: Any = None
+    media_dir: str = "."
+    source: str = "dataset"
+
+
+def encoder(objective: Any, encoding: Encoding) -> Callable[..., dict[str, list]]:
+    """The batched map function (``with_indices``) from standard rows to the token columns of ``objective`` (a
+    :class:`lit_factory.data.objectives.Objective`, whose ``encode`` does the rows). Rows that keep no loss token
+    are left out; media columns travel along. With an image plugin the ``<image>`` placeholders become the model's
+    image tokens, the image paths are resolved against ``media_dir``, and rows whose image tokens ``cutoff_len`` would
+    cut are left out (a cut image cannot be fed to the model)."""
 
     def encode_batch(batch: dict[str, list], indices: list[int] | None = None) -> dict[str, list]:
         # Every column present even when no row survives: `datasets` needs the same columns from every batch.
-        out: dict[str, list] = {key: [] for key in OBJECTIVE_COLUMNS[objective] + [k for k in MEDIA if k in batch]}
-
-        def emit(**columns: Any) -> None:
-            for key, value in columns.items():
-                out.setdefault(key, []).append(value)
-
-        rows = len(batch["messages"])
+        out: dict[str, list] = {key: [] for key in list(objective.columns) + [k for k in MEDIA if k in batch]}
         images = None
-        if image_plugin is not None:
-            images = prepare_images(batch, indices, objective, image_plugin, media_dir, source)
-        if objective == "supervised":  # all rows' texts in one tokenizer call
-            bos_token, eos_token = special_tokens(tokenizer)
-            rendered = [
-                [piece for turn in template.render_turns(messages, system, bos_token, eos_token, tools) for piece in turn]
-                for messages, system, tools in zip(images["messages"] if images else batch["messages"],
-                                                   batch["system"], batch["tools"])
-            ]
-            for i, encoded in enumerate(tokenize_pieces_batch(rendered, tokenizer)):
-                ids, labels = assemble_supervised(encoded, cutoff_len, train_on_prompt, mask_history, truncation_side)
-                if images and ids.count(image_plugin.image_token_id) != images["tokens"][i]:
-                    continue  # cutoff_len cut into an image's tokens (counted with the rows without loss)
-                if any(label != IGNORE_INDEX for label in labels):
-                    row_media = {key: batch[key][i] for key in MEDIA if key in batch}
-                    if images:
-                        row_media["images"] = images["paths"][i]
-                    emit(input_ids=ids, labels=labels, **row_media)
-            return out
-        for i in range(rows):
-            messages, system, tools = batch["messages"][i], batch["system"][i], batch["tools"][i]
-            media = {key: batch[key][i] for key in MEDIA if key in batch}
-            if objective == "pairwise":
-                prompt, (chosen, rejected) = encode_prompt_and_replies(
-                    messages, [batch["chosen"][i], batch["rejected"][i]], tokenizer, template, cutoff_len, system,
-                    tools, truncation_side)
-                if chosen and rejected:
-                    emit(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, **media)
-            elif objective == "kto":
-                prompt, (completion,) = encode_prompt_and_replies(
-                    messages[:-1], [messages[-1]], tokenizer, template, cutoff_len, system, tools, truncation_side)
-                if completion:
-                    emit(prompt_ids=prompt, completion_ids=completion, kto_tag=batch["kto_tag"][i], **media)
-            elif objective == "prompt":
-                has_reply = len(messages) % 2 == 0
-                context = messages[:-1] if has_reply else messages
-                emit(prompt_ids=encode_prompt(context, tokenizer, template, cutoff_len, system, tools),
-                     response=messages[-1]["content"] if has_reply else batch.get("chosen", [""] * rows)[i],
-                     **media)
+        if encoding.image_plugin is not None:
+            images = prepare_images(batch, indices, objective, encoding.image_plugin, encoding.media_dir,
+                                    encoding.source)
+        for row in objective.encode(batch, images, encoding):
+            for key, value in row.items():
+                out.setdefault(key, []).append(value)
         return out
 
     return encode_batch
 
 
-def prepare_images(batch: dict[str, list], indices: list[int] | None, objective: str, media: Any, media_dir: str,
+def prepare_images(batch: dict[str, list], indices: list[int] | None, objective: Any, media: Any, media_dir: str,
                    source: str) -> dict[str, list]:
     """Per row: the messages with their image placeholders expanded, the image paths made absolute and the number
     of image tokens expected (see :mod:`lit_factory.data.media`)."""
@@ -280,7 +250,7 @@ def prepare_images(batch: dict[str, list], indices: list[int] | None, objective:
         where = f"{source} row {indices[i] if indices is not None else i}"
         check_unsupported_media(batch, i, where)
         paths = resolve_media(batch.get("images", [[]] * len(batch["messages"]))[i] or [], media_dir, where)
-        if paths and objective != "supervised":
+        if paths and not objective.images:
             raise LitFactoryError(f"{where} has images: image input is supported for supervised fine-tuning (SFT) "
                                   f"only yet, not the {objective} objective. Fix: use lit_factory.stages.SFT.")
         expanded, tokens = media.expand(messages, paths, where)

@@ -1,7 +1,8 @@
 """What every stage shares: the model builder, optimizer, LR schedule, logging and saving.
 
 A stage subclass defines ``loss(batch)`` — the whole training objective in one method — and, when its data is not
-supervised chat data, the ``data_objective`` the data module should prepare.
+supervised chat data, the ``data_objective`` the data module should prepare (a class of
+:mod:`lit_factory.data.objectives`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import torch
 from torchmetrics import MeanMetric
 
+from lit_factory.data.objectives import Objective, Supervised
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import Finetuning
 from lit_factory.infer.engine import GenerationArgs
@@ -66,8 +68,8 @@ class Stage(pl.LightningModule):
             on CUDA when installed) or ``FullLogits`` (the model's own full-vocabulary logits). Same results.
     """
 
-    #: What the data module must prepare for this stage (linked into the data module by the CLI).
-    data_objective: Literal["supervised", "pretrain", "pairwise", "kto", "prompt"] = "supervised"
+    #: What the data module must prepare for this stage, an objective class (linked into the data module by the CLI).
+    data_objective: ClassVar[type[Objective]] = Supervised
 
     def __init__(
         self,

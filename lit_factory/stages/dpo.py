@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from lit_factory.data import objectives
 from lit_factory.errors import LitFactoryError
 from lit_factory.stages.preference import ReferenceStage, require_batch
 
@@ -28,7 +29,7 @@ class DPO(ReferenceStage):
         **kwargs: ``reference`` and the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
     """
 
-    data_objective = "pairwise"
+    data_objective = objectives.Pairwise
 
     def __init__(
         self,
@@ -47,7 +48,7 @@ class DPO(ReferenceStage):
         self.beta, self.loss_type, self.label_smoothing, self.sft_weight = beta, loss_type, label_smoothing, sft_weight
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "attention_mask", "labels"), "DPO", "pairwise")
+        require_batch(batch, ("input_ids", "attention_mask", "labels"), "DPO", self.data_objective)
         logps, counts = self.policy_logps(batch)
         ref_logps = self.reference_logps(batch)
         chosen_logratios, rejected_logratios = (logps - ref_logps).chunk(2)

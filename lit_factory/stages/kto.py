@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from lit_factory.data import objectives
 from lit_factory.stages.preference import ReferenceStage, require_batch
 
 
@@ -23,7 +24,7 @@ class KTO(ReferenceStage):
         **kwargs: ``reference`` and the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
     """
 
-    data_objective = "kto"
+    data_objective = objectives.KTO
     reference_prefixes = ("", "kl_")
 
     def __init__(
@@ -34,7 +35,8 @@ class KTO(ReferenceStage):
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "labels", "kto_tags", "kl_input_ids", "kl_labels"), "KTO", "kto")
+        require_batch(batch, ("input_ids", "labels", "kto_tags", "kl_input_ids", "kl_labels"), "KTO",
+                      self.data_objective)
         logratios = self.policy_logps(batch)[0] - self.reference_logps(batch)
         with torch.no_grad():
             kl = (self.policy_logps(batch, "kl_")[0] - self.reference_logps(batch, "kl_")).mean()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lit_factory.data import objectives
 from lit_factory.stages.preference import PreferenceStage, require_batch
 
 
@@ -30,7 +31,7 @@ class ORPO(PreferenceStage):
         **kwargs: The ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
     """
 
-    data_objective = "pairwise"
+    data_objective = objectives.Pairwise
 
     def __init__(self, beta: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -38,7 +39,7 @@ class ORPO(PreferenceStage):
         self.beta = beta
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "attention_mask", "labels"), "ORPO", "pairwise")
+        require_batch(batch, ("input_ids", "attention_mask", "labels"), "ORPO", self.data_objective)
         logps, counts = self.policy_logps(batch)
         chosen, rejected = (logps / counts.clamp(min=1)).chunk(2)
         log_odds_ratio = (chosen - rejected) - (log1m_exp(chosen) - log1m_exp(rejected))

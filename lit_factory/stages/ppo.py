@@ -20,6 +20,7 @@ from typing import Any, Iterator, Literal, Optional
 
 import torch
 
+from lit_factory.data import objectives
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import LoRA
 from lit_factory.model.modes import evaluating
@@ -95,7 +96,7 @@ class PPO(Stage):
         rollouts_logged: How many rollouts (prompt → response → reward) to log as text per step.
     """
 
-    data_objective = "prompt"
+    data_objective = objectives.Prompt
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import hashlib
 from typing import Any, Literal, Optional
 
 import torch
+from lit_factory.data.objectives import Objective, Pairwise, objective_component
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.modes import evaluating
 from lit_factory.stages.base import Stage
@@ -19,16 +20,20 @@ from lit_factory.stages.base import Stage
 Batch = dict[str, torch.Tensor]
 
 
-def require_batch(batch: Batch, keys: tuple[str, ...], stage: str, objective: str) -> None:
-    """A clear error when a batch lacks what the stage needs (e.g. supervised data fed to DPO)."""
+def require_batch(batch: Batch, keys: tuple[str, ...], stage: str, objective: str | type[Objective]) -> None:
+    """A clear error when a batch lacks what the stage needs (e.g. supervised data fed to DPO); ``objective``: the
+    stage's data objective (a class of :mod:`lit_factory.data.objectives`, or its name)."""
+    objective = objective_component(objective)
     missing = [key for key in keys if key not in batch]
     if missing:
         raise LitFactoryError(
-            f"{stage}: the batch has no {missing}; the data module must prepare objective {objective!r} "
+            f"{stage}: the batch has no {missing}; the data module must prepare objective {objective.key!r} "
             f"(set data.init_args.objective: {objective}, which the CLI does from the stage)"
         )
-    if objective == "pairwise" and batch["input_ids"].size(0) % 2:
-        raise LitFactoryError(f"{stage}: a pairwise batch needs 2n rows (n chosen, then n rejected)")
+    rows = objective.rows_per_example
+    if batch["input_ids"].size(0) % rows:
+        layout = ", then ".join(f"n {name}" for name in objective.sequence_names)
+        raise LitFactoryError(f"{stage}: a {objective} batch needs {rows}n rows ({layout})")
 
 
 class PreferenceStage(Stage):
@@ -40,7 +45,7 @@ class PreferenceStage(Stage):
     nothing for these objectives and is not logged.
     """
 
-    data_objective = "pairwise"
+    data_objective = Pairwise
 
     def policy_logps(self, batch: Batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probabilities and token counts of the trained model on ``batch[prefix + 'input_ids']``."""
@@ -69,7 +74,7 @@ class PreferenceStage(Stage):
         return total[0] / total[1] if total[1] > 0 else None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        rows = batch["input_ids"].size(0) // (2 if self.data_objective == "pairwise" else 1)
+        rows = batch["input_ids"].size(0) // self.data_objective.rows_per_example
         self.val_loss.update(self.loss(batch), weight=rows)
 
     def on_validation_epoch_end(self) -> None:

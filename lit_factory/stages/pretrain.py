@@ -2,13 +2,14 @@
 
 import torch
 
+from lit_factory.data import objectives
 from lit_factory.stages.base import Stage, count_label_tokens
 
 
 class PreTrain(Stage):
     """Causal language modelling on plain text; the data module packs documents into ``cutoff_len`` blocks."""
 
-    data_objective = "pretrain"
+    data_objective = objectives.PreTrain
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss_sum = self.loss_head.next_token_loss(self.model, batch["labels"], input_ids=batch["input_ids"],

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lit_factory.data import objectives
 from lit_factory.model.value_head import (
     ValueHead,
     last_hidden_states,
@@ -26,7 +27,7 @@ class RewardModel(PreferenceStage):
     Takes the ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps) and no others.
     """
 
-    data_objective = "pairwise"
+    data_objective = objectives.Pairwise
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -46,7 +47,7 @@ class RewardModel(PreferenceStage):
         return last_token_values(values, attention_mask)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "attention_mask"), "RewardModel", "pairwise")
+        require_batch(batch, ("input_ids", "attention_mask"), "RewardModel", self.data_objective)
         chosen, rejected = self.scores(batch["input_ids"], batch["attention_mask"]).chunk(2)
         loss = -F.logsigmoid(chosen - rejected).mean()
 

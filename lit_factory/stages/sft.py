@@ -2,7 +2,7 @@
 
 import torch
 
-from lit_factory.data import media
+from lit_factory.data import media, objectives
 from lit_factory.data.packing import attention_inputs
 from lit_factory.stages.base import Stage, count_label_tokens
 
@@ -10,7 +10,7 @@ from lit_factory.stages.base import Stage, count_label_tokens
 class SFT(Stage):
     """Supervised fine-tuning on chat/instruction data; every assistant turn of a dialogue carries loss."""
 
-    data_objective = "supervised"
+    data_objective = objectives.Supervised
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # Packed rows: per-sequence attention (attention_inputs); image-text rows: the images' pixels

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lit_factory.data import objectives
 from lit_factory.stages.preference import PreferenceStage, require_batch
 
 
@@ -22,7 +23,7 @@ class SimPO(PreferenceStage):
         **kwargs: The ``Stage`` arguments (model, finetuning, optimizer, lr_schedule, warmup_steps).
     """
 
-    data_objective = "pairwise"
+    data_objective = objectives.Pairwise
 
     def __init__(self, beta: float = 2.0, gamma: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -30,7 +31,7 @@ class SimPO(PreferenceStage):
         self.beta, self.gamma = beta, gamma
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        require_batch(batch, ("input_ids", "attention_mask", "labels"), "SimPO", "pairwise")
+        require_batch(batch, ("input_ids", "attention_mask", "labels"), "SimPO", self.data_objective)
         logps, counts = self.policy_logps(batch)
         chosen_rewards, rejected_rewards = (self.beta * logps / counts.clamp(min=1)).chunk(2)
         losses = -F.logsigmoid(chosen_rewards - rejected_rewards - self.gamma)

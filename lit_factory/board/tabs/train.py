@@ -252,7 +252,7 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
         from lit_factory import stages
         from lit_factory.board.preview import preview_datasets
 
-        pretrain = getattr(stages, stage).data_objective == "pretrain"
+        pretrain = not getattr(stages, stage).data_objective.uses_template  # plain text, as PreTrain reads
         limit = parse_optional_int("max samples", max_samples)
         summary, rendered = preview_datasets(dataset_dir, list(names or []), tokenizer or model_path, template, 3,
                                              workspace, pretrain, limit)
