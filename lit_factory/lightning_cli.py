@@ -334,13 +334,13 @@ class _ParserOnly(FactoryCLI):
 
 
 _parsers: dict[str, LightningArgumentParser] = {}
-_parsers_lock = threading.Lock()
+_parsers_lock = threading.RLock()  # jsonargparse parsers are not documented as thread-safe
 
 
 def recipe_parser(subcommand: str = "fit") -> LightningArgumentParser:
     """The parser of `lit-factory SUBCOMMAND` (its classes, defaults and argument links), built once. It raises
     ``argparse.ArgumentError`` instead of exiting; :func:`parse_recipe_config` turns that into one line."""
-    with _parsers_lock:  # the board parses from several request threads
+    with _parsers_lock:  # the board reads recipes from several request threads
         if subcommand not in _parsers:
             quiet = {"exit_on_error": False}
             cli = _ParserOnly(**_cli_arguments(), args={"subcommand": subcommand}, load_from_checkpoint_support=False,
@@ -354,13 +354,13 @@ def parse_recipe_config(recipe: dict[str, Any], subcommand: str = "fit") -> Any:
     imported and matched against what its key accepts, every value type-checked, defaults filled in, then the
     value checks of ``check_values``. Returns the jsonargparse namespace; bad input raises ``LitFactoryError``
     with the key and the fix (the caller names the file)."""
-    from argparse import ArgumentError
-
     import copy
+    from argparse import ArgumentError
 
     parser = recipe_parser(subcommand)
     try:
-        config = parser.parse_object(copy.deepcopy(recipe))  # jsonargparse writes into the mapping it is given
+        with _parsers_lock:
+            config = parser.parse_object(copy.deepcopy(recipe))  # jsonargparse writes into the mapping given
     except ArgumentError as err:
         raise LitFactoryError(summarise_parser_error(str(err))) from None
     check_values(config)
@@ -374,7 +374,9 @@ def instantiate_stage_and_data(config: Any, subcommand: str = "fit") -> tuple[An
     parts = config.clone()
     del parts["trainer"]  # its strategy or logger may need packages or devices a preview does not
     try:
-        built = recipe_parser(subcommand).instantiate(parts, instantiate_groups=False)
+        parser = recipe_parser(subcommand)
+        with _parsers_lock:
+            built = parser.instantiate(parts, instantiate_groups=False)
     except Exception as err:
         user_error = _user_error_in_chain(err) or _missing_package(err)
         if user_error is not None:

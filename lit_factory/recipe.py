@@ -65,11 +65,6 @@ class ParsedRecipe:
         """The stage class ``model.class_path`` names (a ``Stage`` subclass: the parser checked it)."""
         return import_class(self.config.model.class_path)
 
-    @property
-    def data_args(self) -> dict[str, Any]:
-        """``data.init_args`` as parsed (the data module's defaults filled in), as a plain dict."""
-        return self.config.data.init_args.as_dict()
-
     def stage_and_data(self) -> tuple[Any, Any]:
         """The stage and data module, built and linked as `lit-factory fit` builds them (no trainer, no model
         weights: the stage loads its tokenizer, the model comes in ``configure_model``)."""

@@ -30,7 +30,8 @@ def test_parse_checks_the_recipe_as_fit_does_and_names_file_and_key():
 
     assert parsed.stage_class is TaggedSFT
     assert parsed.config.model.init_args.tag == "<tag>"  # the subclass's own default, filled in by the parser
-    assert parsed.data_args["cutoff_len"] == 128 and parsed.data_args["shuffle"] is True  # recipe, then defaults
+    data = parsed.config.data.init_args
+    assert data.cutoff_len == 128 and data.shuffle is True  # the recipe's value, the signature's default
     bad = quickstart()
     bad["model"]["init_args"]["lr_shedule"] = "cosine"
     with pytest.raises(LitFactoryError) as raised:
