@@ -46,12 +46,10 @@ def recipe_settings(path: str, overrides: dict[str, Any] | None = None) -> dict[
     """The arguments of the data module the recipe at ``path`` trains on: read by the trainer CLI's parser and
     built with its links (the stage's tokenizer, data objective and image plugin), ``overrides`` (command-line
     options, ``RECIPE_KEYS`` and ``objective``) written over the recipe first."""
-    import copy
-
     from lit_factory.recipe import parse_recipe, read_recipe
 
     overrides = dict(overrides or {})
-    recipe = copy.deepcopy(read_recipe(path))
+    recipe = read_recipe(path)
     for option, key in RECIPE_KEYS.items():
         if overrides.get(option) is not None:
             *sections, leaf = key.split(".")
