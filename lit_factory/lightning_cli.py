@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -42,6 +43,11 @@ def summarise_parser_error(message: str) -> str:
             "Expected a <class 'NoneType'>" in message:
         return (f"{key}: null given on the command line is read as text there, not as an empty value. Fix: set "
                 f"`{key.split('.')[-1]}: null` in a recipe passed with another --config (or leave the key out).")
+    not_accepted = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*Option '([^']+)' is not accepted", message)
+    if not_accepted is not None:  # a key under a class's init_args that its constructor does not take
+        owner, option = not_accepted.groups()
+        return (f"{key}.init_args.{option}: {owner} has no such option. Fix: check its spelling and section; "
+                "`lit-factory fit --config RECIPE --help` lists every option.")
     missing_class = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(module [^\n]+|No module[^\n]+)",
                               message)
     if missing_class is not None:
@@ -290,21 +296,93 @@ def _user_error_in_chain(err: BaseException) -> Optional[LitFactoryError]:
     return None
 
 
-def run_trainer_subcommand(args: Optional[list[str]]) -> None:
-    """Run fit/validate/test/predict; ``args=None`` reads ``sys.argv``."""
+def _cli_arguments() -> dict[str, Any]:
+    """What `lit-factory fit` parses: any ``Stage`` subclass as ``model``, any data module as ``data``, the
+    optimizer named inside the stage (no LightningCLI optimizer section)."""
     from lightning.pytorch import LightningDataModule
 
-    from lit_factory.quiet import silence_library_noise
     from lit_factory.stages.base import Stage
+
+    return dict(model_class=Stage, datamodule_class=LightningDataModule, subclass_mode_model=True,
+                subclass_mode_data=True, auto_configure_optimizers=False)
+
+
+def run_trainer_subcommand(args: Optional[list[str]]) -> None:
+    """Run fit/validate/test/predict; ``args=None`` reads ``sys.argv``."""
+    from lit_factory.quiet import silence_library_noise
 
     silence_library_noise()
 
-    FactoryCLI(
-        Stage,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    FactoryCLI(**_cli_arguments(), save_config_kwargs={"overwrite": True}, args=args)
+
+
+class _ParserOnly(FactoryCLI):
+    """``FactoryCLI`` stopped once its parsers are built: nothing is parsed from the command line, seeded,
+    instantiated or run. Its subcommand parsers read recipes exactly as `lit-factory fit` does."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self.config = args  # {"subcommand": NAME}: only what LightningCLI.__init__ reads next
+
+    def _set_seed(self) -> None:
+        return None
+
+    def before_instantiate_classes(self) -> None:
+        return None
+
+    def instantiate_classes(self) -> None:
+        return None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        return None
+
+
+_parsers: dict[str, LightningArgumentParser] = {}
+_parsers_lock = threading.RLock()  # jsonargparse parsers are not documented as thread-safe
+
+
+def recipe_parser(subcommand: str = "fit") -> LightningArgumentParser:
+    """The parser of `lit-factory SUBCOMMAND` (its classes, defaults and argument links), built once. It raises
+    ``argparse.ArgumentError`` instead of exiting; :func:`parse_recipe_config` turns that into one line."""
+    with _parsers_lock:  # the board reads recipes from several request threads
+        if subcommand not in _parsers:
+            quiet = {"exit_on_error": False}
+            cli = _ParserOnly(**_cli_arguments(), args={"subcommand": subcommand}, load_from_checkpoint_support=False,
+                              parser_kwargs={**quiet, **{name: dict(quiet) for name in FactoryCLI.subcommands()}})
+            _parsers.update(cli._subcommand_parsers)
+        return _parsers[subcommand]
+
+
+def parse_recipe_config(recipe: dict[str, Any], subcommand: str = "fit") -> Any:
+    """``recipe`` (a YAML mapping) parsed and checked as `lit-factory SUBCOMMAND --config` would: every class path
+    imported and matched against what its key accepts, every value type-checked, defaults filled in, then the
+    value checks of ``check_values``. Returns the jsonargparse namespace; bad input raises ``LitFactoryError``
+    with the key and the fix (the caller names the file)."""
+    import copy
+    from argparse import ArgumentError
+
+    parser = recipe_parser(subcommand)
+    try:
+        with _parsers_lock:
+            config = parser.parse_object(copy.deepcopy(recipe))  # jsonargparse writes into the mapping given
+    except ArgumentError as err:
+        raise LitFactoryError(summarise_parser_error(str(err))) from None
+    check_values(config)
+    return config
+
+
+def instantiate_stage_and_data(config: Any, subcommand: str = "fit") -> tuple[Any, Any]:
+    """The stage and data module a parsed recipe names, built by the CLI's parser with its argument links (the
+    stage's tokenizer, data objective and image plugin flow into the data module). Not the trainer, and no model
+    weights (a stage builds its model in ``configure_model``)."""
+    parts = config.clone()
+    del parts["trainer"]  # its strategy or logger may need packages or devices a preview does not
+    try:
+        parser = recipe_parser(subcommand)
+        with _parsers_lock:
+            built = parser.instantiate(parts, instantiate_groups=False)
+    except Exception as err:
+        user_error = _user_error_in_chain(err) or _missing_package(err)
+        if user_error is not None:
+            raise user_error from None
+        raise
+    return built.model, built.data

@@ -16,11 +16,12 @@ from typing import Any
 from lit_factory.board import panels
 from lit_factory.board.fields import names, parse_number, parse_optional_int, parse_options
 from lit_factory.board.recipe import (
-    COMMON_STAGE_ARGS, LR_SCHEDULES, PRECISIONS, TrainForm, _class_name, available_methods, available_stages,
-    available_templates, dataset_names, method_defaults,
+    COMMON_STAGE_ARGS, LR_SCHEDULES, PRECISIONS, TrainForm, _class_name, available_methods, available_templates,
+    dataset_names, method_defaults, stage_class_path,
 )
 from lit_factory.board.workspace import HUB_ID, Workspace, check_recipe_paths
 from lit_factory.errors import LitFactoryError
+from lit_factory.recipe import parse_recipe
 
 RECIPE_HEADER = "# lit-factory recipe written by the board; repeat the run with: lit-factory fit --config <this file>\n"
 
@@ -47,14 +48,12 @@ def assemble_recipe(base: dict[str, Any], form: TrainForm, workdir: str | Path |
     """
     workspace = as_workspace(workdir)
     recipe = copy.deepcopy(base)
-    stages, methods = available_stages(), available_methods()
-    if form.stage not in stages:
-        raise LitFactoryError(f"stage: {form.stage!r} is unknown. Fix: pick one of {stages}.")
+    class_path, methods = stage_class_path(form.stage), available_methods()
     if form.method not in methods:
         raise LitFactoryError(f"fine-tuning method: {form.method!r} is unknown. Fix: pick one of {methods}.")
 
     stage_section = recipe["model"]
-    stage_section["class_path"] = f"lit_factory.stages.{form.stage}"
+    stage_section["class_path"] = class_path
     old_args = stage_section.get("init_args") or {}
     stage_args = {k: v for k, v in old_args.items() if k in COMMON_STAGE_ARGS}
     stage_args.update(parse_options("stage options", form.stage_options))
@@ -112,6 +111,9 @@ def assemble_recipe(base: dict[str, Any], form: TrainForm, workdir: str | Path |
     recipe["data"] = _data_section(recipe.get("data") or {}, form, workspace)
     recipe["trainer"] = _trainer_section(recipe.get("trainer") or {}, form, workspace)
     check_recipe_paths(recipe, workspace)
+    # What the form's checks let through (a key in the options YAML, a value of the wrong type) is refused here
+    # as `lit-factory fit` would refuse it, before a run starts.
+    parse_recipe(recipe, source="the form's recipe")
     return recipe
 
 

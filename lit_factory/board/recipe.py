@@ -4,6 +4,8 @@ shipped recipes to pick, and :func:`form_from_recipe`, which fills the form from
 Recipes are the single source of defaults: the form starts from a recipe's values (or, where the recipe says
 nothing, the class signature's defaults), and ``assemble.assemble_recipe`` writes the form back over that recipe,
 so options the form does not show (precision details, an inline model config, gradient clipping) pass through.
+Recipes are read and checked by the trainer CLI's own parser (:mod:`lit_factory.recipe`), so the board accepts what
+`lit-factory fit` accepts: any ``Stage`` subclass by its import path, not only the stages lit-factory ships.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from lit_factory.board import panels
 from lit_factory.board.fields import as_list, blank_if_none, dump_options
 from lit_factory.errors import LitFactoryError
+from lit_factory.recipe import ParsedRecipe, import_class, parse_recipe, read_recipe
 from lit_factory.shipped import list_recipes as shipped_recipes
 from lit_factory.shipped import shipped_dir
 
@@ -114,9 +117,7 @@ def is_shipped_recipe(name: str) -> bool:
 
 def load_recipe(name: str, workspace: Optional["Workspace"] = None) -> dict[str, Any]:
     """The shipped recipe ``recipes/<name>``, or a recipe YAML at a path (inside ``workspace`` when given: the
-    board's saved arguments), as a dict."""
-    import yaml
-
+    board's saved arguments), as a dict, once the trainer CLI's parser has accepted it."""
     if is_shipped_recipe(name):
         path = RECIPES_DIR / name
     elif workspace is not None:
@@ -125,17 +126,56 @@ def load_recipe(name: str, workspace: Optional["Workspace"] = None) -> dict[str,
         path = Path(name)
     if not path.is_file():
         raise LitFactoryError(f"recipe {name!r}: no such file in {RECIPES_DIR}. Fix: pick one of {list_recipes()}.")
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
-        raise LitFactoryError(f"{path}: not a lit-factory recipe (no `model` section). Fix: pick a file from recipes/.")
+    recipe = read_recipe(path)
+    parse_recipe(recipe, source=str(path))  # what `lit-factory fit` would refuse, refused on loading
     return recipe
 
 
 def available_stages() -> list[str]:
-    """Stage class names registered in ``lit_factory.stages`` (read at run time, so new stages appear)."""
+    """The stages the form's dropdown offers: those lit-factory ships (a recipe may name any other by its path)."""
     from lit_factory import stages
 
-    return [name for name in stages._STAGES if name != "Stage"]
+    return stages.shipped_stages()
+
+
+def stage_name(class_path: str) -> str:
+    """How the form names the stage of ``model.class_path``: ``DPO`` for a stage lit-factory ships, the import path
+    for any other (``mypkg.MyDPO``, a subclass of one of ours included)."""
+    from lit_factory import stages
+
+    short = class_path.rsplit(".", 1)[-1]
+    if short in available_stages() and import_class(class_path) is getattr(stages, short):
+        return short
+    return class_path
+
+
+def stage_class_path(stage: str) -> str:
+    """The ``model.class_path`` of the form's stage: a shipped stage's name, or the import path of any ``Stage``
+    subclass. A one-line error naming the field otherwise."""
+    from importlib import import_module
+
+    from lit_factory.stages.base import Stage
+
+    stage = (stage or "").strip()
+    known = available_stages()
+    if stage in known:
+        return f"lit_factory.stages.{stage}"
+    fix = f"Fix: pick one of {known}, or give the import path of a Stage subclass (mypkg.MyDPO)."
+    module, _, name = stage.rpartition(".")
+    if not module:
+        raise LitFactoryError(f"stage: {stage!r} is unknown. {fix}")
+    try:
+        cls = getattr(import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise LitFactoryError(f"stage: {stage!r} cannot be imported ({err}). {fix}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise LitFactoryError(f"stage: {stage!r} is not a subclass of lit_factory.stages.Stage. {fix}")
+    return stage
+
+
+def stage_class(stage: str) -> type:
+    """The stage class the form's stage field names (``SFT`` or ``mypkg.MyDPO``)."""
+    return import_class(stage_class_path(stage))
 
 
 def available_methods() -> list[str]:
@@ -184,8 +224,12 @@ def _class_name(section: Any, default: str) -> str:
     return default
 
 
-def form_from_recipe(recipe: dict[str, Any], run_name: str = "") -> TrainForm:
-    """The Train tab's fields filled with a recipe's values (fields the recipe leaves out keep the form's own)."""
+def form_from_recipe(recipe: dict[str, Any] | ParsedRecipe, run_name: str = "") -> TrainForm:
+    """The Train tab's fields filled with a recipe's values (fields the recipe leaves out keep the form's own).
+    The recipe is read by the trainer CLI's parser (so its stage may be any ``Stage`` subclass); the fields take
+    the values the recipe writes, so the form shows what the recipe says."""
+    parsed = recipe if isinstance(recipe, ParsedRecipe) else parse_recipe(recipe)
+    recipe = parsed.raw
     stage_args = recipe["model"].get("init_args", {}) or {}
     model_args = stage_args.get("model", {}) or {}
     finetuning = stage_args.get("finetuning") or {}
@@ -195,7 +239,7 @@ def form_from_recipe(recipe: dict[str, Any], run_name: str = "") -> TrainForm:
     trainer = recipe.get("trainer") or {}
     logger = trainer.get("logger") or {}
     logger_args = logger.get("init_args", {}) if isinstance(logger, dict) else {}
-    stage = _class_name(recipe["model"], "SFT")
+    stage = stage_name(parsed.config.model.class_path)
     typed = panels.STAGE_PANELS.get(stage, ())
     form = TrainForm(
         model_path=model_args.get("path") or "",
@@ -254,16 +298,13 @@ def read_form(values: Any) -> TrainForm:
 
 def hub_ids_in_recipes() -> list[str]:
     """The hub ids the shipped recipes train (the model picker offers them beside the workspace's folders)."""
-    import yaml
-
     from lit_factory.board.workspace import HUB_ID
 
     found = []
     for name in list_recipes():
-        try:
-            recipe = yaml.safe_load((RECIPES_DIR / name).read_text(encoding="utf-8"))
-            path = recipe["model"]["init_args"]["model"]["path"]
-        except (OSError, KeyError, TypeError, yaml.YAMLError):
+        try:  # the model path as written: no parse needed to list it
+            path = read_recipe(RECIPES_DIR / name)["model"]["init_args"]["model"]["path"]
+        except (LitFactoryError, KeyError, TypeError):
             continue
         if isinstance(path, str) and HUB_ID.match(path) and not path.startswith("runs/") and path not in found:
             found.append(path)

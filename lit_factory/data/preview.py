@@ -14,8 +14,6 @@ Options given on the command line override the recipe's ``data`` section.
 from __future__ import annotations
 
 import argparse
-from importlib import import_module
-from pathlib import Path
 from typing import Any
 
 from lit_factory.data.objectives import KTO, OBJECTIVES, Objective, Pairwise, Supervised
@@ -39,29 +37,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def recipe_settings(path: str) -> dict[str, Any]:
-    """The DataModule arguments a recipe implies: its data.init_args, the model's tokenizer and the stage's
-    objective (the links the training CLI makes)."""
-    import yaml
+# Command-line options that override a recipe, and the recipe key each one sets.
+RECIPE_KEYS = {"dataset_dir": "data.init_args.dataset_dir", "dataset": "data.init_args.dataset",
+               "template": "data.init_args.template", "cutoff_len": "data.init_args.cutoff_len",
+               "max_samples": "data.init_args.max_samples", "tokenizer": "model.init_args.model.tokenizer"}
 
-    try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise LitFactoryError(f"--config {path}: cannot read the recipe ({err}). Fix: give a recipe YAML.") from None
-    settings = dict(((recipe.get("data") or {}).get("init_args")) or {})
-    model = recipe.get("model") or {}
-    model_args = ((model.get("init_args") or {}).get("model")) or {}
-    tokenizer = model_args.get("tokenizer") or model_args.get("path")
-    if tokenizer and "tokenizer" not in settings:
-        settings["tokenizer"] = tokenizer
-    class_path = model.get("class_path")
-    if class_path:
-        module, _, name = class_path.rpartition(".")
-        try:
-            settings["objective"] = getattr(import_module(module), name).data_objective
-        except (ImportError, AttributeError):
-            raise LitFactoryError(f"--config {path}: model.class_path {class_path!r} not found. Fix: a stage "
-                                  "class such as lit_factory.stages.SFT.") from None
+
+def recipe_settings(path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arguments of the data module the recipe at ``path`` trains on: read by the trainer CLI's parser and
+    built with its links (the stage's tokenizer, data objective and image plugin), ``overrides`` (command-line
+    options, ``RECIPE_KEYS`` and ``objective``) written over the recipe first."""
+    from lit_factory.recipe import parse_recipe, read_recipe
+
+    overrides = dict(overrides or {})
+    recipe = read_recipe(path)
+    for option, key in RECIPE_KEYS.items():
+        if overrides.get(option) is not None:
+            *sections, leaf = key.split(".")
+            section = recipe
+            for name in sections:
+                if not isinstance(section.get(name), dict):
+                    section[name] = {}
+                section = section[name]
+            section[leaf] = overrides[option]
+    _, data = parse_recipe(recipe, source=f"--config {path}").stage_and_data()
+    settings = {**dict(data.hparams), "tokenizer": data.tokenizer, "objective": data.objective, "media": data.media}
+    if overrides.get("objective") is not None:  # a link target: the stage's choice unless the command line says
+        settings["objective"] = overrides["objective"]
     return settings
 
 
@@ -126,11 +128,11 @@ def natural_objective(name: str, dataset_dir: str) -> type[Objective]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    settings = recipe_settings(args.config) if args.config else {}
     overrides = {"dataset_dir": args.dataset_dir, "dataset": args.dataset, "tokenizer": args.tokenizer,
                  "template": args.template, "objective": args.objective, "cutoff_len": args.cutoff_len,
                  "max_samples": args.max_samples}
-    settings.update({key: value for key, value in overrides.items() if value is not None})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    settings = recipe_settings(args.config, given) if args.config else given
     settings["dataset_dir"] = resolve_shipped_path(settings.get("dataset_dir", "data"))
     for key in ("dataset", "tokenizer"):
         if not settings.get(key):

@@ -1,6 +1,7 @@
 """Training stages: LightningModules over the shared model builder, one file per objective.
 
-Names resolve lazily so that `import lit_factory.stages` stays cheap until a stage is used.
+Names resolve lazily so that `import lit_factory.stages` stays cheap until a stage is used. A recipe may name any
+``Stage`` subclass by its import path (``model.class_path: mypkg.MyDPO``); these are the ones lit-factory ships.
 """
 
 _STAGES = {"Stage": "base", "SFT": "sft", "PreTrain": "pretrain"}
@@ -17,3 +18,8 @@ def __getattr__(name: str):
 
 
 __all__ = list(_STAGES)
+
+
+def shipped_stages() -> list[str]:
+    """The names of the stages lit-factory ships (``SFT``, ``DPO``...), the base ``Stage`` left out."""
+    return [name for name in _STAGES if name != "Stage"]

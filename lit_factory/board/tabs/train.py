@@ -209,10 +209,11 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
                 *(gr.update(visible=form_.stage == name) for name in stage_rows),
                 gr.update(visible=form_.optimizer == "GaLore"), gr.update(visible=form_.optimizer == "BAdam")]
 
-    def assemble(base_name: str, values: tuple) -> tuple[dict, str]:
+    def assemble(base_name: str, values: tuple) -> tuple[dict, str, dict]:
+        """The run's recipe (checked by the trainer CLI's parser), its YAML, and the base recipe it started from."""
         base_recipe = recipes.load_recipe(base_name, workspace)
         recipe = assemble_recipe(base_recipe, recipes.read_form(values), workspace)
-        return recipe, recipe_yaml(recipe)
+        return recipe, recipe_yaml(recipe), base_recipe
 
     def run_choices(selected: str) -> Any:
         return gr.update(choices=list(manager.runs), value=selected)
@@ -260,24 +261,24 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
 
     @guarded(outputs=2, status_at=-1)
     def show_recipe(base_name: str, *values: Any) -> tuple:
-        recipe, yaml_text = assemble(base_name, values[:-1])
+        recipe, yaml_text, _ = assemble(base_name, values[:-1])
         return yaml_text, text(values[-1], "msg_recipe", path=run_dir(recipe) / "recipe.yaml")
 
     @guarded(outputs=2, status_at=-1)
     def show_command(base_name: str, *values: Any) -> tuple:
-        recipe, _ = assemble(base_name, values[:-1])
-        command = fit_command(base_name, recipes.load_recipe(base_name, workspace), recipe, workspace.root)
+        recipe, _, base_recipe = assemble(base_name, values[:-1])
+        command = fit_command(base_name, base_recipe, recipe, workspace.root)
         return command, text(values[-1], "msg_command")
 
     @guarded(outputs=4, status_at=1)
     def start(base_name: str, *values: Any) -> tuple:
-        recipe, yaml_text = assemble(base_name, values[:-1])
+        recipe, yaml_text, _ = assemble(base_name, values[:-1])
         run = manager.launch(yaml_text, run_dir(recipe))
         return yaml_text, text(values[-1], "msg_started", run=run.name), run_choices(run.name), new_run_name()
 
     @guarded(outputs=1, status_at=0)
     def save_args(path: str, base_name: str, *values: Any) -> str:
-        _, yaml_text = assemble(base_name, values[:-1])
+        _, yaml_text, _ = assemble(base_name, values[:-1])
         saved = save_recipe(workspace, path, yaml_text)
         return text(values[-1], "msg_saved", path=saved)
 
