@@ -6,7 +6,6 @@ supervised chat data, the ``data_objective`` the data module should prepare.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -356,28 +355,16 @@ class Stage(pl.LightningModule):
         never leaves a half-written file where a good one was. A file an earlier save did not write is never
         replaced (``lit_factory.stages.run_folder``): the save then fails before anything moves.
         """
+        from lit_factory.io import write_entries_atomically
         from lit_factory.stages.run_folder import check_replaceable, write_manifest
-        from lit_factory.permissions import apply_umask_modes
 
         directory = Path(directory)
-        staging = directory / ".saving"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        self.write_outputs(staging)
-        try:
+
+        def before_move(staging: Path) -> None:
             check_replaceable(directory, [item.name for item in staging.iterdir()])
-        except Exception:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        write_manifest(staging, directory)
-        apply_umask_modes(staging)  # transformers writes safetensors 0600; saved files follow the user's umask
-        for item in staging.iterdir():
-            target = directory / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
-        staging.rmdir()
-        return directory
+            write_manifest(staging, directory)
+
+        return write_entries_atomically(directory, self.write_outputs, before_move)
 
     def write_outputs(self, folder: Path) -> None:
         """Write what a run leaves behind into ``folder`` (a staging folder); stages with more to save extend it."""
