@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_factory.errors import LitFactoryError
-from lit_factory.stages.preference import ReferenceStage, require_batch
+from lit_factory.stages.preference import ReferenceStage, require_batch, reward_metrics
 
 
 class DPO(ReferenceStage):
@@ -66,11 +66,6 @@ class DPO(ReferenceStage):
             chosen_logps, chosen_counts = logps.chunk(2)[0], counts.chunk(2)[0]
             loss = loss + self.sft_weight * self.token_mean(-chosen_logps.sum(), chosen_counts.sum())
 
-        chosen_rewards, rejected_rewards = self.beta * chosen_logratios.detach(), self.beta * rejected_logratios.detach()
-        self.log_metrics({
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
-        }, batch_size=len(delta))
+        self.log_metrics(reward_metrics(self.beta * chosen_logratios, self.beta * rejected_logratios),
+                         batch_size=len(delta))
         return loss

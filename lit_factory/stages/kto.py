@@ -49,7 +49,8 @@ class KTO(ReferenceStage):
         ])
 
         metrics = {"kl": kl}
-        # Pooled over the ranks' rows, so every rank logs the same names (a rank may hold no desirable rows).
+        # Pooled over the ranks' rows, so every rank logs the same names (a rank may hold no desirable rows). The rows
+        # are unpaired, so there is no accuracy and the margin is a difference of means (not `reward_metrics`).
         chosen_reward, rejected_reward = self.pooled_mean(chosen_logratios), self.pooled_mean(rejected_logratios)
         if chosen_reward is not None:
             metrics["rewards/chosen"] = self.beta * chosen_reward

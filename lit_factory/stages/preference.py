@@ -31,6 +31,19 @@ def require_batch(batch: Batch, keys: tuple[str, ...], stage: str, objective: st
         raise LitFactoryError(f"{stage}: a pairwise batch needs 2n rows (n chosen, then n rejected)")
 
 
+def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor, compared: str = "rewards/") -> dict[str, torch.Tensor]:
+    """The metrics of paired rewards (row i of ``chosen`` against row i of ``rejected``), as TRL names them: their
+    means ``rewards/chosen`` and ``rewards/rejected``, how often chosen wins (``accuracy``) and by how much on average
+    (``margin``), the last two under the prefix ``compared`` (the reward model logs them unprefixed)."""
+    chosen, rejected = chosen.detach(), rejected.detach()
+    return {
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        f"{compared}accuracy": (chosen > rejected).float().mean(),
+        f"{compared}margin": (chosen - rejected).mean(),
+    }
+
+
 class PreferenceStage(Stage):
     """Base of the stages trained on chosen/rejected (or desirable/undesirable) responses.
 
