@@ -7,7 +7,9 @@ supervised chat data, the ``data_objective`` the data module should prepare.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+import functools
+import inspect
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -29,6 +31,49 @@ Optimizer = OptimizerCallable
 def count_label_tokens(labels: torch.Tensor) -> int:
     """How many positions a causal LM loss averages over (labels shift by one)."""
     return int((labels[:, 1:] != -100).sum())
+
+
+def stage_arguments(frame: Any) -> dict[str, Any]:
+    """Every argument the stage was made with: those of each ``__init__`` of its class chain, read from the frames of
+    the calls (Lightning's own ``save_hyperparameters()`` mechanism), so a subclass's arguments — a user's too — are
+    recorded without a line of its own."""
+    from lightning.pytorch.core.mixins import HyperparametersMixin
+    from lightning.pytorch.utilities.parsing import collect_init_args
+
+    arguments: dict[str, Any] = {}
+    for local_arguments in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+        arguments.update(local_arguments)
+    return arguments
+
+
+def plain_hyperparameters(value: Any) -> Any:
+    """``value`` as plain values for the checkpoint's ``hyper_parameters`` and ``hparams.yaml``: checkpoints load
+    with ``torch.load(weights_only=True)``, which refuses our classes. A component becomes its ``class_path`` and
+    ``init_args`` (its public attributes), as a recipe names it; a dataclass its fields."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain_hyperparameters(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): plain_hyperparameters(item) for key, item in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {field.name: plain_hyperparameters(getattr(value, field.name)) for field in fields(value)}
+    if isinstance(value, functools.partial):  # what jsonargparse makes of `optimizer: {class_path, init_args}`
+        classes = [arg for arg in value.args if isinstance(arg, type)]
+        return {"class_path": _class_path(classes[-1] if classes else value.func),
+                "init_args": plain_hyperparameters(value.keywords)}
+    if isinstance(value, type) or inspect.isroutine(value):
+        return {"class_path": _class_path(value)}
+    if isinstance(value, (Path, torch.dtype, torch.device)):
+        return str(value)
+    if hasattr(value, "__dict__"):
+        return {"class_path": _class_path(type(value)),
+                "init_args": {k: plain_hyperparameters(v) for k, v in vars(value).items() if not k.startswith("_")}}
+    return repr(value)
+
+
+def _class_path(target: Any) -> str:
+    return f"{target.__module__}.{target.__qualname__}"
 
 
 @dataclass
@@ -79,21 +124,7 @@ class Stage(pl.LightningModule):
         loss_head: Optional[FullLogits] = None,
     ) -> None:
         super().__init__()
-        # Plain values only: checkpoints load with torch.load(weights_only=True), which refuses our classes.
-        self.save_hyperparameters({
-            "model": asdict(model),
-            "finetuning": None if finetuning is None else {
-                "class_path": f"{type(finetuning).__module__}.{type(finetuning).__qualname__}",
-                "init_args": dict(vars(finetuning)),
-            },
-            "lr_schedule": lr_schedule,
-            "warmup_steps": warmup_steps,
-            "min_lr_ratio": min_lr_ratio,
-            "loss_head": None if loss_head is None else {
-                "class_path": f"{type(loss_head).__module__}.{type(loss_head).__qualname__}",
-                "init_args": {k: v for k, v in vars(loss_head).items() if not k.startswith("_")},
-            },
-        })
+        self.save_hyperparameters(plain_hyperparameters(stage_arguments(inspect.currentframe())))
         self.model_args = model
         self.finetuning = finetuning
         self.optimizer_factory = optimizer

@@ -43,7 +43,6 @@ class DPO(ReferenceStage):
         if label_smoothing and loss_type != "sigmoid":
             raise LitFactoryError("model.init_args.label_smoothing: only the sigmoid loss uses it; set it to 0")
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight)
         self.beta, self.loss_type, self.label_smoothing, self.sft_weight = beta, loss_type, label_smoothing, sft_weight
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

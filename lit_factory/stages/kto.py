@@ -30,7 +30,6 @@ class KTO(ReferenceStage):
         self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -34,7 +34,6 @@ class ORPO(PreferenceStage):
 
     def __init__(self, beta: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta)
         self.beta = beta
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

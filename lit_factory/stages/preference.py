@@ -106,7 +106,6 @@ class ReferenceStage(PreferenceStage):
 
     def __init__(self, reference: Literal["auto", "copy", "precomputed"] = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(reference=reference)
         self.reference = reference
         self.reference_model: Optional[torch.nn.Module] = None
         self.precomputed_logps: dict[str, float] = {}

@@ -26,7 +26,6 @@ class SimPO(PreferenceStage):
 
     def __init__(self, beta: float = 2.0, gamma: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta, gamma=gamma)
         self.beta, self.gamma = beta, gamma
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
