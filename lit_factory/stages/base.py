@@ -131,7 +131,10 @@ class Stage(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.warmup_steps = warmup_steps
         if not 0 <= min_lr_ratio <= 1 or (min_lr_ratio and lr_schedule != "cosine"):
-            raise LitFactoryError("model.init_args.min_lr_ratio: must lie in [0, 1] and needs lr_schedule: cosine")
+            raise LitFactoryError(
+                f"model.init_args.min_lr_ratio: {min_lr_ratio} with lr_schedule {lr_schedule!r}. Fix: give a value in "
+                "[0, 1] with model.init_args.lr_schedule: cosine (or min_lr_ratio: 0)."
+            )
         self.min_lr_ratio = min_lr_ratio
         self.generation = generation or GenerationArgs()
         self.loss_head = loss_head if loss_head is not None else ChunkedLogits()
@@ -198,8 +201,8 @@ class Stage(pl.LightningModule):
             if self.trainer.accumulate_grad_batches > 1:
                 raise LitFactoryError(
                     "trainer.accumulate_grad_batches > 1 needs training batches that carry their step's loss-token "
-                    "count: train with lit_factory's DataModule or wrap your DataLoader in "
-                    "lit_factory.data.windows.StepWindowLoader"
+                    "count. Fix: train with lit_factory's DataModule, or wrap your DataLoader in "
+                    "lit_factory.data.windows.StepWindowLoader."
                 )
             # One micro-batch per step: its count over the ranks is the step's count.
             all_tokens = self.trainer.strategy.reduce(torch.tensor(tokens, device=self.device), reduce_op="sum")
@@ -222,8 +225,8 @@ class Stage(pl.LightningModule):
         if window.tokens is not None and window.seen_batches == window.batches and counted_otherwise:
             raise LitFactoryError(
                 f"{type(self).__name__}: the losses counted {window.seen_tokens} loss tokens in this step where the "
-                f"data announced {window.local_tokens}; the stage's token terms must count what "
-                "lit_factory.data.windows.loss_tokens counts"
+                f"data announced {window.local_tokens}. Fix: make the stage's token terms count what "
+                "lit_factory.data.windows.loss_tokens counts."
             )
         # Lightning divides every micro-batch's loss by accumulate_grad_batches; a short last window has fewer
         # micro-batches, so its per-example terms are rescaled to a mean over the micro-batches it really has
@@ -256,8 +259,8 @@ class Stage(pl.LightningModule):
         if position != batch_idx % accumulate or batch[WINDOW_BATCHES] > accumulate:
             raise LitFactoryError(
                 f"training batch {batch_idx}: its step window (position {position} of {batch[WINDOW_BATCHES]}) "
-                f"does not line up with trainer.accumulate_grad_batches={accumulate}; build the loader with "
-                "window=accumulate_grad_batches"
+                f"does not line up with trainer.accumulate_grad_batches={accumulate}. Fix: build the loader with "
+                "window=accumulate_grad_batches."
             )
         if position == 0:
             self._window = _StepWindow()
@@ -282,6 +285,10 @@ class Stage(pl.LightningModule):
 
     def _log_throughput(self, batch: dict[str, torch.Tensor]) -> None:
         # Time from one step's start to the next covers data loading, forward, backward and optimizer together.
+        # Not Lightning's ThroughputMonitor: it logs fixed names (`train/device/items_per_sec`, plus `train/time`,
+        # `train/batches`, `train/samples`, `train/lengths`), not the documented `train/tokens_per_sec`, reports
+        # nothing until a window of `window_size` batches is full, calls torch.cuda.synchronize() after every
+        # micro-batch, and is a callback a plain `Trainer(...)` of the Python API would not have.
         now = time.perf_counter()
         if self._step_started is not None and self._loggers_write_this_step():
             tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size

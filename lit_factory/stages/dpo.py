@@ -39,9 +39,15 @@ class DPO(ReferenceStage):
         **kwargs: Any,
     ) -> None:
         if not 0 <= label_smoothing < 0.5:
-            raise LitFactoryError("model.init_args.label_smoothing: must lie in [0, 0.5)")
+            raise LitFactoryError(
+                f"model.init_args.label_smoothing: {label_smoothing} is outside [0, 0.5). Fix: set it in [0, 0.5), "
+                "e.g. 0.1."
+            )
         if label_smoothing and loss_type != "sigmoid":
-            raise LitFactoryError("model.init_args.label_smoothing: only the sigmoid loss uses it; set it to 0")
+            raise LitFactoryError(
+                f"model.init_args.label_smoothing: only the sigmoid loss uses it, not {loss_type!r}. Fix: set it to 0 "
+                "(or model.init_args.loss_type: sigmoid)."
+            )
         super().__init__(**kwargs)
         self.beta, self.loss_type, self.label_smoothing, self.sft_weight = beta, loss_type, label_smoothing, sft_weight
 

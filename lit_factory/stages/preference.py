@@ -133,8 +133,8 @@ class ReferenceStage(PreferenceStage):
                 values = [self.precomputed_logps[_row_key(i, m, l)] for i, m, l in zip(ids, mask, labels)]
             except KeyError:
                 raise LitFactoryError(
-                    "reference: precomputed: a row was not seen before training (data changed after the start?); "
-                    "use reference: copy"
+                    "model.init_args.reference: precomputed: a row was not seen before training (data changed "
+                    "after the start?). Fix: set model.init_args.reference: copy."
                 ) from None
             return torch.tensor(values, device=ids.device)
         if source == "adapter_disabled":
@@ -151,7 +151,8 @@ class ReferenceStage(PreferenceStage):
             return  # a resumed run restores the table from its checkpoint
         datamodule = self.trainer.datamodule
         if datamodule is None:
-            raise LitFactoryError("reference: precomputed needs the data as a data module (Trainer.fit(datamodule=))")
+            raise LitFactoryError("model.init_args.reference: precomputed needs the data as a data module. Fix: pass "
+                                  "Trainer.fit(datamodule=...), or set model.init_args.reference: copy.")
         table: dict[str, float] = {}
         was_training = self.model.training
         self.model.eval()
