@@ -82,8 +82,12 @@ def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> Path
     return output
 
 
-def write_entries_atomically(directory: Path, write: Callable[[Path], None],
-                             before_move: Optional[Callable[[Path], None]] = None, staging_name: str = ".saving") -> Path:
+def write_entries_atomically(
+    directory: Path,
+    write: Callable[[Path], None],
+    before_move: Optional[Callable[[Path], None]] = None,
+    staging_name: str = ".saving",
+) -> Path:
     """Run ``write(staging)`` in the hidden folder ``directory/staging_name``, then rename each entry it wrote onto
     ``directory/<entry>`` (a folder replaced whole), so an interrupted save never leaves a half-written file where a
     good one was; entries of ``directory`` it did not write stay. ``before_move(staging)`` runs before anything

@@ -6,9 +6,9 @@ supervised chat data, the ``data_objective`` the data module should prepare.
 
 from __future__ import annotations
 
-import time
 import functools
 import inspect
+import time
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -46,29 +46,33 @@ def stage_arguments(frame: Any) -> dict[str, Any]:
     return arguments
 
 
-def plain_hyperparameters(value: Any) -> Any:
+def plain_hyperparameters(value: Any, depth: int = 0) -> Any:
     """``value`` as plain values for the checkpoint's ``hyper_parameters`` and ``hparams.yaml``: checkpoints load
     with ``torch.load(weights_only=True)``, which refuses our classes. A component becomes its ``class_path`` and
     ``init_args`` (its public attributes), as a recipe names it; a dataclass its fields."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if depth > 8:  # a component that refers back to itself
+        return repr(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else repr(value)
     if isinstance(value, (list, tuple)):
-        return [plain_hyperparameters(item) for item in value]
+        return [plain_hyperparameters(item, depth + 1) for item in value]
     if isinstance(value, dict):
-        return {str(key): plain_hyperparameters(item) for key, item in value.items()}
+        return {str(key): plain_hyperparameters(item, depth + 1) for key, item in value.items()}
     if is_dataclass(value) and not isinstance(value, type):
-        return {field.name: plain_hyperparameters(getattr(value, field.name)) for field in fields(value)}
+        return {field.name: plain_hyperparameters(getattr(value, field.name), depth + 1) for field in fields(value)}
     if isinstance(value, functools.partial):  # what jsonargparse makes of `optimizer: {class_path, init_args}`
         classes = [arg for arg in value.args if isinstance(arg, type)]
         return {"class_path": _class_path(classes[-1] if classes else value.func),
-                "init_args": plain_hyperparameters(value.keywords)}
+                "init_args": plain_hyperparameters(value.keywords, depth + 1)}
     if isinstance(value, type) or inspect.isroutine(value):
         return {"class_path": _class_path(value)}
     if isinstance(value, (Path, torch.dtype, torch.device)):
         return str(value)
     if hasattr(value, "__dict__"):
-        return {"class_path": _class_path(type(value)),
-                "init_args": {k: plain_hyperparameters(v) for k, v in vars(value).items() if not k.startswith("_")}}
+        public = {name: item for name, item in vars(value).items() if not name.startswith("_")}
+        return {"class_path": _class_path(type(value)), "init_args": plain_hyperparameters(public, depth + 1)}
     return repr(value)
 
 
