@@ -7,7 +7,6 @@ from :class:`lit_factory.data.sampling.ResumableDataLoader` (shuffle order and p
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time
@@ -20,14 +19,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_factory.errors import LitFactoryError
-from lit_factory.io import fsync_folder
+from lit_factory.io import write_file_atomically
 
 STAGING_SUFFIX = ".saving"
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 class AtomicCheckpointIO(CheckpointIO):
@@ -48,12 +42,8 @@ class AtomicCheckpointIO(CheckpointIO):
         if not _is_local_file_protocol(str(path)):  # object stores write whole objects already
             return self.wrapped.save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = staging_path(target)
-        self.wrapped.save_checkpoint(checkpoint, staging, storage_options)
-        _fsync(staging)
-        os.replace(staging, target)
-        fsync_folder(target.parent)
+        write_file_atomically(target, lambda staging: self.wrapped.save_checkpoint(checkpoint, staging, storage_options),
+                              staging=staging_path(target))
 
     def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, **kwargs: Any) -> dict[str, Any]:
         return self.wrapped.load_checkpoint(path, map_location=map_location, **kwargs)

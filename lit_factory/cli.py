@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from lit_factory import __version__
+from lit_factory.errors import LitFactoryError, fail
+from lit_factory.recipe_file import recipe_problem
 
 TRAINER_SUBCOMMANDS = {
     "fit": "train a stage on a recipe: lit-factory fit --config recipes/quickstart.yaml",
@@ -56,16 +58,9 @@ the model, adapter, template and generation settings come from it; options on th
 RECIPE_TOOL_SUBCOMMANDS = ("chat", "serve", "eval", "export")
 
 
-def fail(message: str) -> int:
-    """Print a one-line error for the user and return the CLI's error status."""
-    print(f"lit-factory: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
-
-
 def _from_llamafactory(args: list[str]) -> "list[str] | int":
     """LLaMA-Factory's verbs (train, webui, api ...) and YAMLs become ours (see ``lit_factory.compat``)."""
     from lit_factory.compat.commands import llamafactory_args
-    from lit_factory.errors import LitFactoryError
 
     try:
         return llamafactory_args(args)
@@ -95,28 +90,6 @@ def _shipped_configs(args: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             resolved[i] = "--config=" + resolve_shipped_path(arg.split("=", 1)[1])
     return resolved
-def recipe_problem(path: str) -> Optional[str]:
-    """What makes the recipe at ``path`` unreadable (jsonargparse would report it without the file name)."""
-    import yaml
-
-    try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        return f"--config {path}: not UTF-8 text (byte {err.start}). Fix: save the recipe as UTF-8."
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "syntax error"
-        return f"--config {path}: YAML syntax error{where}: {problem}. Fix: correct the YAML there."
-    if recipe is None:
-        return (f"--config {path}: the recipe is empty. Fix: write the trainer/model/data sections, e.g. start from "
-                "recipes/quickstart.yaml.")
-    if not isinstance(recipe, dict):
-        return (f"--config {path}: a recipe is a mapping of sections (trainer:, model:, data:), not a "
-                f"{type(recipe).__name__}. Fix: start from recipes/quickstart.yaml.")
-    return None
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -144,7 +117,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         if problem is not None:
             return fail(problem)
 
-    from lit_factory.errors import LitFactoryError
     from lit_factory.lightning_cli import run_trainer_subcommand
 
     try:
@@ -160,7 +132,6 @@ def run_tool_subcommand(name: str, args: list[str]) -> int:
     """Import and run one of ``TOOL_SUBCOMMANDS``; our errors become one line and status 2."""
     from importlib import import_module
 
-    from lit_factory.errors import LitFactoryError
     from lit_factory.quiet import silence_library_noise
 
     silence_library_noise()

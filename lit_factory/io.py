@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from lit_factory.permissions import apply_umask_modes, current_umask
 
@@ -27,20 +27,30 @@ def fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def write_file_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
+def write_file_atomically(target: str | Path, write: Callable[[Path], None], staging: Optional[Path] = None,
+                          replace: bool = True) -> Path:
     """Run ``write(staging_file)`` on a hidden file beside ``target``, fsync it, give it the umask's mode and rename
-    it onto ``target``. If ``write`` fails, ``target`` keeps its old content and the staging file is removed."""
+    it onto ``target``. If ``write`` fails, ``target`` keeps its old content and the staging file is removed.
+
+    ``staging``: a fixed hidden name beside ``target`` for writers that clean up after a kill by that name (default:
+    a fresh one). ``replace=False`` never replaces a file: an existing ``target`` (even one created meanwhile)
+    raises ``FileExistsError``.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    staging = Path(name)
+    if staging is None:
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(handle)
+        staging = Path(name)
     try:
         write(staging)
         with open(staging, "rb") as written:
             os.fsync(written.fileno())
         os.chmod(staging, 0o666 & ~current_umask())  # mkstemp makes it 0600
-        os.replace(staging, target)
+        if replace:
+            os.replace(staging, target)
+        else:
+            os.link(staging, target)  # fails instead of replacing a file created meanwhile
     finally:
         staging.unlink(missing_ok=True)
     fsync_folder(target.parent)
@@ -70,3 +80,37 @@ def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> Path
         shutil.rmtree(staging, ignore_errors=True)
     fsync_folder(output.parent)
     return output
+
+
+def write_entries_atomically(
+    directory: Path,
+    write: Callable[[Path], None],
+    before_move: Optional[Callable[[Path], None]] = None,
+    staging_name: str = ".saving",
+) -> Path:
+    """Run ``write(staging)`` in the hidden folder ``directory/staging_name``, then rename each entry it wrote onto
+    ``directory/<entry>`` (a folder replaced whole), so an interrupted save never leaves a half-written file where a
+    good one was; entries of ``directory`` it did not write stay. ``before_move(staging)`` runs before anything
+    moves and may refuse the move by raising. A staging folder a killed earlier write left is removed first.
+
+    For a folder that holds more than one writer's outputs (a run folder: logs, checkpoints, the saved model), where
+    :func:`write_folder_atomically`'s one rename of the whole folder cannot serve.
+    """
+    directory = Path(directory)
+    staging = directory / staging_name
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
+        if before_move is not None:
+            before_move(staging)
+        apply_umask_modes(staging)  # transformers writes safetensors 0600; saved files follow the user's umask
+        for item in staging.iterdir():
+            target = directory / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            item.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fsync_folder(directory)
+    return directory

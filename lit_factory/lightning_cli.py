@@ -11,8 +11,7 @@ from typing import Any, NoReturn, Optional
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_factory.cli import fail
-from lit_factory.errors import LitFactoryError
+from lit_factory.errors import LitFactoryError, fail
 
 
 class OneLineErrorParser(LightningArgumentParser):

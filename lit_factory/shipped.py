@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 from lit_factory.errors import LitFactoryError
-from lit_factory.permissions import current_umask
+from lit_factory.io import write_file_atomically
 
 # A path, not an importlib.resources Traversable: these folders are handed to tokenizers, datasets and subprocesses,
 # which need real files, and wheels install unzipped.
@@ -98,16 +97,8 @@ def copy_recipe(name: str, destination: str) -> Path:
     if target.exists():
         raise LitFactoryError(f"{target}: already exists; lit-factory does not replace files it did not create. "
                               "Fix: give another destination or remove it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Written next to the target and renamed into place, so a kill never leaves half a recipe under its name.
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(source.read_bytes())
-        os.chmod(staging, 0o666 & ~current_umask())  # mkstemp makes it 0600
-        os.link(staging, target)  # fails instead of replacing a file created meanwhile
-    finally:
-        os.unlink(staging)
+    write_file_atomically(target, lambda staging: staging.write_bytes(source.read_bytes()), replace=False)
     return target
 
 

@@ -217,8 +217,8 @@ def test_chat_reply_streams_piece_by_piece_into_the_history(tmp_path):
 def test_runs_started_from_the_cli_are_offered_to_chat_evaluate_and_export(tmp_path):
     import yaml
 
+    from lit_factory.board.handlers import run_output
     from lit_factory.board.runs import RunManager
-    from lit_factory.board.tabs.chat import run_output
 
     # What `lit-factory fit` leaves: LightningCLI's config.yaml beside the saved adapter (or model).
     cli_run = tmp_path / "runs" / "sft-lora" / "version_0"

@@ -5,7 +5,12 @@ import stat
 
 import pytest
 
-from lit_factory.io import write_file_atomically, write_folder_atomically, write_text_atomically
+from lit_factory.io import (
+    write_entries_atomically,
+    write_file_atomically,
+    write_folder_atomically,
+    write_text_atomically,
+)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_staging(tmp_path):
@@ -52,3 +57,46 @@ def test_a_failed_folder_write_leaves_no_output_and_no_staging(tmp_path):
     with pytest.raises(RuntimeError):
         write_folder_atomically(tmp_path / "out", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_replace_false_never_replaces_a_file_and_leaves_no_staging(tmp_path):
+    target = tmp_path / "recipe.yaml"
+    target.write_text("mine", encoding="utf-8")
+    with pytest.raises(FileExistsError):
+        write_file_atomically(
+            target, lambda staging: staging.write_text("shipped", encoding="utf-8"), replace=False)
+    assert target.read_text(encoding="utf-8") == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+    fresh = write_file_atomically(tmp_path / "new.yaml", lambda staging: staging.write_text("x"), replace=False)
+    assert fresh.read_text() == "x"
+
+
+def test_entries_move_into_a_shared_folder_one_by_one_and_keep_the_others(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,loss\n")
+    (run / "tokenizer").mkdir()
+    (run / "tokenizer" / "old.json").write_text("{}")
+
+    def write(staging):
+        (staging / "model.safetensors").write_bytes(b"weights")
+        (staging / "tokenizer").mkdir()
+        (staging / "tokenizer" / "new.json").write_text("{}")
+
+    write_entries_atomically(run, write)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.csv", "model.safetensors", "tokenizer"]
+    assert [p.name for p in (run / "tokenizer").iterdir()] == ["new.json"]  # a folder is replaced whole
+
+
+def test_entries_refused_before_the_move_change_nothing(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"old")
+
+    def refuse(staging):
+        raise RuntimeError("not ours")
+
+    with pytest.raises(RuntimeError, match="not ours"):
+        write_entries_atomically(run, lambda staging: (staging / "model.safetensors").write_bytes(b"new"), refuse)
+    assert (run / "model.safetensors").read_bytes() == b"old"
+    assert sorted(p.name for p in run.iterdir()) == ["model.safetensors"]  # no staging folder left

@@ -9,20 +9,16 @@ Bad input is answered by a message in the page (the status line under the button
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from lit_factory.board.guard import HostOriginGuard, default_allowed_hosts, is_loopback, parse_auth
 from lit_factory.board.locales import LANGUAGES, labels, text
 from lit_factory.board.runs import RunManager
 from lit_factory.errors import LitFactoryError
-
-log = logging.getLogger(__name__)
 
 CSS = """
 mark.loss { background: #fde68a; color: inherit; }
@@ -65,32 +61,6 @@ class Labels:
     @property
     def components(self) -> list[Any]:
         return [component for _, component, _ in self.entries]
-
-
-def guarded(outputs: int, status_at: int) -> Callable:
-    """Wrap a handler so that any error becomes a one-line message in the status output (position ``status_at``
-    of ``outputs``); the other outputs stay as they were. The handler's last argument is the page's language."""
-
-    def wrap(handler: Callable) -> Callable:
-        @functools.wraps(handler)
-        def run(*args: Any) -> Any:
-            import gradio as gr
-
-            try:
-                return handler(*args)
-            except LitFactoryError as err:
-                message = " ".join(str(err).split())
-            except Exception as err:  # a bug or a library error: the page gets one line, the console the traceback
-                log.exception("board handler %s failed", handler.__name__)
-                message = f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
-            lang = args[-1] if args and args[-1] in LANGUAGES else "en"
-            result = [gr.update() for _ in range(outputs)]
-            result[status_at] = text(lang, "msg_error", message=message)
-            return result[0] if outputs == 1 else tuple(result)
-
-        return run
-
-    return wrap
 
 
 def build_app(workdir: str | Path = ".", default_recipe: str = "quickstart.yaml") -> Any:

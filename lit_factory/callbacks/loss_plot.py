@@ -4,12 +4,13 @@ without TensorBoard (``training_loss.png``, and ``training_eval_loss.png`` when 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
+
+from lit_factory.io import write_file_atomically
 
 #: LLaMA-Factory's file names for our metric names (``training_<its key>.png``); others: ``training_<name>.png``.
 LLAMAFACTORY_NAMES = {"train/loss": "loss", "val/loss": "eval_loss"}
@@ -101,7 +102,6 @@ class LossPlot(pl.Callback):
             steps, values = zip(*self.points[name])
             figure = plot_curve(list(steps), list(values), name, f"{name} of {folder}")
             path = folder / plot_file_name(name)
-            staging = path.with_name(f".{path.name}.tmp")
-            figure.savefig(staging, format="png", dpi=100)
-            os.replace(staging, path)  # atomic: never half a picture where a good one was
+            # atomic: never half a picture where a good one was
+            write_file_atomically(path, lambda staging: figure.savefig(staging, format="png", dpi=100))
             self.written.append(path)

@@ -1,16 +1,15 @@
 """LLaMA-Factory's method keys -> our fine-tuning component and optimizer (``finetuning_type``, ``lora_*``,
 ``oft_*``, ``freeze_*``, ``use_galore``/``use_apollo``/``use_badam``/``use_adam_mini``/``use_muon``, LoRA+).
 
-Part of ``lit_factory.compat.llamafactory``'s translation; ``keys`` is its ``_Keys`` (``take`` marks a key as
+Part of ``lit_factory.compat.llamafactory``'s translation; ``keys`` is its ``lit_factory.compat.keys.Keys`` (``take`` marks a key as
 accounted for and records where it went, ``fail`` makes the one-line error naming it).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lit_factory.compat.llamafactory import _Keys
+from lit_factory.compat.keys import Keys
 
 OPTIMIZERS = {"adamw_torch": "torch.optim.AdamW", "adamw_torch_fused": "torch.optim.AdamW",
               "adamw_8bit": "bitsandbytes.optim.AdamW8bit", "paged_adamw_8bit": "bitsandbytes.optim.PagedAdamW8bit"}
@@ -28,7 +27,7 @@ def _targets(value: Any) -> Any:
     return "all" if value == "all" else names(value)
 
 
-def finetuning_method(keys: "_Keys") -> dict[str, Any]:
+def finetuning_method(keys: Keys) -> dict[str, Any]:
     """``finetuning``: Full, Freeze/LlamaPro, LoRA (with its variants) or OFT."""
     kind = keys.take("finetuning_type", "lora", f"{_FT}.class_path")
     if kind == "full":
@@ -62,7 +61,7 @@ def finetuning_method(keys: "_Keys") -> dict[str, Any]:
     return {"class_path": "lit_factory.model.LoRA", "init_args": init_args}
 
 
-def _freeze(keys: "_Keys") -> dict[str, Any]:
+def _freeze(keys: Keys) -> dict[str, Any]:
     layers = int(keys.take("freeze_trainable_layers", 2, f"{_FT}.init_args.trainable_layers"))
     modules = keys.take("freeze_trainable_modules", "all", f"{_FT}.init_args.trainable_modules")
     extra = keys.take("freeze_extra_modules", None, f"{_FT}.init_args.extra_modules")
@@ -80,7 +79,7 @@ def _freeze(keys: "_Keys") -> dict[str, Any]:
     return {"class_path": class_path, "init_args": init_args}
 
 
-def _oft(keys: "_Keys") -> dict[str, Any]:
+def _oft(keys: Keys) -> dict[str, Any]:
     # LLaMA-Factory's defaults: oft_rank 0 (inferred), oft_block_size 32, module_dropout 0.
     init_args: dict[str, Any] = {
         "block_size": int(keys.take("oft_block_size", 32, f"{_FT}.init_args.block_size")),
@@ -97,7 +96,7 @@ def _oft(keys: "_Keys") -> dict[str, Any]:
     return {"class_path": "lit_factory.model.OFT", "init_args": init_args}
 
 
-def optimizer_method(keys: "_Keys", finetuning: dict[str, Any]) -> dict[str, Any]:
+def optimizer_method(keys: Keys, finetuning: dict[str, Any]) -> dict[str, Any]:
     """``optimizer``: the plain optimizer ``optim`` names, or the method LLaMA-Factory's switches pick (in its
     order: GaLore, APOLLO, LoRA+, BAdam, Adam-mini, Muon)."""
     lr = float(keys.take("learning_rate", 5e-5, f"{_OPT} (lr)"))
@@ -151,7 +150,7 @@ def optimizer_method(keys: "_Keys", finetuning: dict[str, Any]) -> dict[str, Any
     return base
 
 
-def _galore(keys: "_Keys", lr: float, decay: float) -> dict[str, Any]:
+def _galore(keys: Keys, lr: float, decay: float) -> dict[str, Any]:
     to = f"{_OPT}.init_args."
     return {"class_path": "lit_factory.optim.GaLore", "init_args": {
         "lr": lr, "weight_decay": decay,
@@ -163,7 +162,7 @@ def _galore(keys: "_Keys", lr: float, decay: float) -> dict[str, Any]:
         "layerwise": bool(keys.take("galore_layerwise", False, to + "layerwise"))}}
 
 
-def _apollo(keys: "_Keys", lr: float, decay: float) -> dict[str, Any]:
+def _apollo(keys: Keys, lr: float, decay: float) -> dict[str, Any]:
     to = f"{_OPT}.init_args."
     if keys.config.get("optim", "adamw_torch") != "adamw_torch":
         raise keys.fail("optim", "is not supported with use_apollo (APOLLO is an AdamW); use adamw_torch")
@@ -180,7 +179,7 @@ def _apollo(keys: "_Keys", lr: float, decay: float) -> dict[str, Any]:
         "layerwise": bool(keys.take("apollo_layerwise", False, to + "layerwise"))}}
 
 
-def _badam(keys: "_Keys", base: dict[str, Any], accumulate: int) -> dict[str, Any]:
+def _badam(keys: Keys, base: dict[str, Any], accumulate: int) -> dict[str, Any]:
     to = f"{_OPT}.init_args."
     mode = keys.take("badam_mode", "layer", f"{_OPT}.class_path (BAdam or BAdamRatio)")
     if mode == "ratio":

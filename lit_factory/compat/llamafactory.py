@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lit_factory.compat.keys import Keys as _Keys, Translation
 from lit_factory.compat.lf_methods import finetuning_method, names as _names, optimizer_method
 from lit_factory.errors import LitFactoryError
 
@@ -118,42 +118,6 @@ def read_llamafactory_file(path: str | Path, overrides: Optional[list[str]] = No
             raise LitFactoryError(f"{override!r}: LLaMA-Factory overrides are key=value (e.g. max_steps=10)")
         config[key.lstrip("-")] = yaml.safe_load(value)
     return config
-
-
-@dataclass
-class Translation:
-    """What a LLaMA-Factory file becomes: a recipe (training files) or a command (merge/inference files)."""
-
-    source: str
-    kind: str  # "train", "export" or "chat"
-    recipe: dict[str, Any] = field(default_factory=dict)
-    command: list[str] = field(default_factory=list)
-    serve_options: list[str] = field(default_factory=list)  # what only `lit-factory serve` takes (--backend)
-    mapped: list[tuple[str, str]] = field(default_factory=list)  # (LF key, where it went)
-    warnings: list[str] = field(default_factory=list)
-
-
-class _Keys:
-    """The file's keys; ``take`` marks one as accounted for and records where it went."""
-
-    def __init__(self, config: dict[str, Any], source: str, translation: Translation) -> None:
-        self.config, self.source, self.translation = dict(config), source, translation
-        self.used: set[str] = set()
-
-    def take(self, key: str, default: Any = None, to: str = "") -> Any:
-        self.used.add(key)
-        if key in self.config and to:
-            self.translation.mapped.append((key, to))
-        return self.config.get(key, default)
-
-    def has(self, key: str) -> bool:
-        """Whether ``key`` is set; an explicit null is LLaMA-Factory's default, so it counts as accounted for."""
-        if key in self.config and self.config[key] is None:
-            self.used.add(key)
-        return self.config.get(key) is not None
-
-    def fail(self, key: str, message: str) -> LitFactoryError:
-        return LitFactoryError(f"{self.source}: `{key}: {self.config.get(key)}` {message}")
 
 
 def translate(config: dict[str, Any], source: str = "LLaMA-Factory YAML") -> Translation:

@@ -24,7 +24,7 @@ class ToolParser(ArgumentParser):
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse probing internally
             return super().error(message, ex)
-        from lit_factory.cli import fail
+        from lit_factory.errors import fail
 
         sys.exit(fail(f"{self.prog}: {message}"))
 

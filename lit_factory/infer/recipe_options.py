@@ -40,7 +40,7 @@ def recipe_options(path: str) -> dict[str, str]:
     """Option -> value for the model, template and generation settings of the recipe at ``path``."""
     import yaml
 
-    from lit_factory.cli import recipe_problem
+    from lit_factory.recipe_file import recipe_problem
 
     if not Path(path).is_file():
         raise LitFactoryError(f"--config: no such file {path!r}. Fix: give a recipe YAML or a run's config.yaml.")

@@ -20,8 +20,9 @@ def expanded_layer_indices(num_layers: int, num_expanded: int) -> list[int]:
     original = num_layers - num_expanded
     if num_expanded < 1 or original < num_expanded or original % num_expanded:
         raise LitFactoryError(
-            f"finetuning.num_expanded_blocks: {num_expanded} does not fit a model of {num_layers} layers "
-            "expanded by lit-factory expand"
+            f"model.init_args.finetuning.init_args.num_expanded_blocks: {num_expanded} does not fit a model of "
+            f"{num_layers} layers expanded by lit-factory expand. Fix: give the --num-expand the model was "
+            "expanded with."
         )
     stride = original // num_expanded + 1
     return [stride * k - 1 for k in range(1, num_expanded + 1)]
@@ -41,7 +42,10 @@ def expand_model(model_path: str, output: str, num_expand: int, trust_remote_cod
     _, layers = decoder_layers(model)
     count = len(layers)
     if num_expand < 1 or count % num_expand:
-        raise LitFactoryError(f"--num-expand: must divide the model's {count} layers (e.g. {count // 2 or 1})")
+        raise LitFactoryError(
+            f"--num-expand: {num_expand} does not divide the model's {count} layers. Fix: give a divisor, e.g. "
+            f"{count // 2 or 1}."
+        )
     stride = count // num_expand
     new_layers, layer_types = [], []
     old_types = getattr(model.config, "layer_types", None)
@@ -52,7 +56,10 @@ def expand_model(model_path: str, output: str, num_expand: int, trust_remote_cod
             block = copy.deepcopy(layer)
             zeroed = [m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] in OUTPUT_PROJECTIONS]
             if len(zeroed) < 2:
-                raise LitFactoryError(f"--model: cannot find {OUTPUT_PROJECTIONS} in the blocks of {type(model).__name__}")
+                raise LitFactoryError(
+                    f"--model: cannot find {OUTPUT_PROJECTIONS} in the blocks of {type(model).__name__}. Fix: expand a "
+                    "decoder whose blocks have them (Llama, Qwen, Mistral...)."
+                )
             with torch.no_grad():
                 for module in zeroed:
                     module.weight.zero_()

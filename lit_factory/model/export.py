@@ -15,7 +15,7 @@ def write_atomically(output: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(staging_dir)`` in a temporary folder beside ``output`` and move it into place only when done,
     so an interrupted export never leaves a half-written model where a reader would load it."""
     if output.exists() and any(output.iterdir()):
-        raise LitFactoryError(f"--output: {str(output)!r} exists and is not empty; choose a new folder")
+        raise LitFactoryError(f"--output: {str(output)!r} exists and is not empty. Fix: choose a new folder.")
     return write_folder_atomically(output, write)
 
 
@@ -35,9 +35,13 @@ def export_model(
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     if adapter is not None and prequantized_method(config) is not None:
-        raise LitFactoryError("--model: cannot merge an adapter into quantized weights; export from the unquantized model")
+        raise LitFactoryError(
+            "--model: cannot merge an adapter into quantized weights. Fix: export from the unquantized model."
+        )
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise LitFactoryError(f"--adapter: {adapter!r} has no adapter_config.json; give a folder saved by a LoRA run")
+        raise LitFactoryError(
+            f"--adapter: {adapter!r} has no adapter_config.json. Fix: give a folder saved by a LoRA run."
+        )
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     # Merge in float32: adding B@A to half-precision weights in half precision loses the small updates.
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code)

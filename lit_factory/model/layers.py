@@ -23,4 +23,7 @@ def decoder_layers(model: "nn.Module") -> tuple[str, "nn.ModuleList"]:
             continue
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return name, module
-    raise LitFactoryError(f"finetuning: cannot find the {count} decoder layers of {type(model).__name__}")
+    raise LitFactoryError(
+        f"model.init_args.finetuning: cannot find the {count} decoder layers of {type(model).__name__}. Fix: use LoRA "
+        "or Full for this architecture."
+    )

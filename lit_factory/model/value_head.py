@@ -78,7 +78,9 @@ def load_value_head(directory: str | Path, device: str | torch.device = "cpu") -
 
     path = Path(directory) / VALUE_HEAD_FILE
     if not path.is_file():
-        raise LitFactoryError(f"value head: {str(path)!r} not found; give the output folder of a reward-model run")
+        raise LitFactoryError(
+            f"model.init_args.reward_model: {str(path)!r} not found. Fix: give the output folder of a reward-model run."
+        )
     state = load_file(str(path), device=str(device))
     head = ValueHead(state["summary.weight"].size(1)).to(device)
     head.load_state_dict(state)

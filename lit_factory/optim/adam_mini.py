@@ -26,7 +26,10 @@ class AdamMini(OptimizerFactory):
     def __init__(self, lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
         if importlib.util.find_spec("adam_mini") is None:
-            raise LitFactoryError("optimizer: AdamMini needs the adam-mini package (pip install adam-mini)")
+            raise LitFactoryError(
+                "model.init_args.optimizer: AdamMini needs the adam-mini package (pip install adam-mini). Fix: install "
+                "it."
+            )
         self.lr = lr
         self.betas = tuple(betas)
         self.eps = eps
@@ -38,8 +41,10 @@ class AdamMini(OptimizerFactory):
         text = model.config.get_text_config()
         hidden, heads = getattr(text, "hidden_size", None), getattr(text, "num_attention_heads", None)
         if not hidden or not heads:
-            raise LitFactoryError(f"optimizer: AdamMini needs hidden_size and num_attention_heads in the model config "
-                                  f"({type(text).__name__} has neither)")
+            raise LitFactoryError(
+                "model.init_args.optimizer: AdamMini needs hidden_size and num_attention_heads in the model config "
+                f"({type(text).__name__} has neither). Fix: use AdamW for this model."
+            )
         # Queries and keys are split into one block per head of hidden_size**2 / heads weights.
         return Adam_mini(
             named_parameters=list(model.named_parameters()), lr=self.lr, betas=self.betas, eps=self.eps,

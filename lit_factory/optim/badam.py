@@ -34,9 +34,11 @@ class BAdam(OptimizerFactory):
         start_block: Optional[int] = None,
     ) -> None:
         if importlib.util.find_spec("badam") is None:
-            raise LitFactoryError("optimizer: BAdam needs the badam package (pip install badam)")
+            raise LitFactoryError(
+                "model.init_args.optimizer: BAdam needs the badam package (pip install badam). Fix: install it."
+            )
         if switch_every < 1:
-            raise LitFactoryError("optimizer.init_args.switch_every: must be at least 1")
+            raise LitFactoryError(f"model.init_args.optimizer.init_args.switch_every: {switch_every}. Fix: at least 1.")
         self.optimizer = optimizer
         self.switch_every = switch_every
         self.order = order
@@ -48,10 +50,16 @@ class BAdam(OptimizerFactory):
         from lit_factory.model.layers import decoder_layers
 
         if hasattr(model, "peft_config"):
-            raise LitFactoryError("optimizer: BAdam trains whole layers; use it with full fine-tuning, not LoRA")
+            raise LitFactoryError(
+                "model.init_args.optimizer: BAdam trains whole layers, not an adapter. Fix: use it with full "
+                "fine-tuning (model.init_args.finetuning: Full), not LoRA."
+            )
         prefix, layers = decoder_layers(model)
         if self.start_block is not None and not 0 <= self.start_block < len(layers):
-            raise LitFactoryError(f"optimizer.init_args.start_block: the model has layers 0..{len(layers) - 1}")
+            raise LitFactoryError(
+                f"model.init_args.optimizer.init_args.start_block: {self.start_block} is not a layer. Fix: give one of "
+                f"0..{len(layers) - 1}."
+            )
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         blocks = [[f"{prefix}.{i}."] for i in range(len(layers))]
         return _ClosureFirst(BlockOptimizer)(
@@ -115,11 +123,15 @@ class BAdamRatio(OptimizerFactory):
         switch_every: int = 100,
     ) -> None:
         if importlib.util.find_spec("badam") is None:
-            raise LitFactoryError("optimizer: BAdamRatio needs the badam package (pip install badam)")
+            raise LitFactoryError(
+                "model.init_args.optimizer: BAdamRatio needs the badam package (pip install badam). Fix: install it."
+            )
         if not 0 < update_ratio <= 1:
-            raise LitFactoryError("optimizer.init_args.update_ratio: must lie in (0, 1]")
+            raise LitFactoryError(
+                f"model.init_args.optimizer.init_args.update_ratio: {update_ratio}. Fix: a value in (0, 1]."
+            )
         if switch_every < 1:
-            raise LitFactoryError("optimizer.init_args.switch_every: must be at least 1")
+            raise LitFactoryError(f"model.init_args.optimizer.init_args.switch_every: {switch_every}. Fix: at least 1.")
         self.lr = lr
         self.betas = tuple(betas)
         self.eps = eps
@@ -131,7 +143,10 @@ class BAdamRatio(OptimizerFactory):
         from badam import BlockOptimizerRatio
 
         if hasattr(model, "peft_config"):
-            raise LitFactoryError("optimizer: BAdamRatio trains the model's own weights; use it with full fine-tuning")
+            raise LitFactoryError(
+                "model.init_args.optimizer: BAdamRatio trains the model's own weights. Fix: use it with full "
+                "fine-tuning (model.init_args.finetuning: Full)."
+            )
         # badam finds the embeddings and head by the names "embed" and "lm_head"; freeze them by module instead, so
         # that any architecture works, and tell badam to leave the (now frozen) rest alone.
         for module in (model.get_input_embeddings(), model.get_output_embeddings()):
@@ -160,8 +175,8 @@ def _RefuseAccumulation(ratio_optimizer: type) -> type:  # noqa: N802 - returns 
 
             def hook(parameter: torch.Tensor) -> None:
                 if not self._inside_step:
-                    raise LitFactoryError("optimizer: BAdamRatio sparsifies gradients during backward and cannot "
-                                          "accumulate them; set trainer.accumulate_grad_batches: 1")
+                    raise LitFactoryError("model.init_args.optimizer: BAdamRatio sparsifies gradients during backward "
+                                          "and cannot accumulate them. Fix: set trainer.accumulate_grad_batches: 1.")
                 sparsify(parameter)
 
             return hook
@@ -173,8 +188,8 @@ def _RefuseAccumulation(ratio_optimizer: type) -> type:  # noqa: N802 - returns 
             except NotImplementedError as err:  # Lightning clips inside the closure; torch has no sparse norm
                 if "Sparse" not in str(err):
                     raise
-                raise LitFactoryError("optimizer: BAdamRatio's gradients are sparse and cannot be clipped; set "
-                                      "trainer.gradient_clip_val: null") from None
+                raise LitFactoryError("model.init_args.optimizer: BAdamRatio's gradients are sparse and cannot be "
+                                      "clipped. Fix: set trainer.gradient_clip_val: null.") from None
             finally:
                 self._inside_step = False
 

@@ -47,8 +47,9 @@ class CombinedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
         saved = state_dict.get("optimizers", [])
         if len(saved) != len(self.optimizers):
-            raise LitFactoryError(f"the checkpoint holds {len(saved)} optimizer states where this run builds "
-                                  f"{len(self.optimizers)}; resume with the optimizer settings it was saved with")
+            raise LitFactoryError(f"--ckpt_path: the checkpoint holds {len(saved)} optimizer states where this run "
+                                  f"builds {len(self.optimizers)}. Fix: resume with the model.init_args.optimizer "
+                                  "settings it was saved with.")
         for optimizer, state in zip(self.optimizers, saved):
             optimizer.load_state_dict(state)
 
@@ -75,8 +76,9 @@ class LayerwiseOptimizer(CombinedOptimizer):
         def step_now(parameter: torch.Tensor) -> None:
             if not self._inside_step:
                 # Lightning runs the backward of every micro-batch but the last outside `optimizer.step`.
-                raise LitFactoryError("optimizer: the layer-wise mode updates weights during backward and cannot "
-                                      "accumulate gradients; set trainer.accumulate_grad_batches: 1 (or layerwise: false)")
+                raise LitFactoryError("model.init_args.optimizer.init_args.layerwise: the layer-wise mode updates "
+                                      "weights during backward and cannot accumulate gradients. Fix: set "
+                                      "trainer.accumulate_grad_batches: 1 (or layerwise: false).")
             if parameter.grad is not None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

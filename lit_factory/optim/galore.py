@@ -49,7 +49,8 @@ class GaLore(OptimizerFactory):
     ) -> None:
         self._check_package()
         if rank < 1 or update_interval < 1:
-            raise LitFactoryError(f"optimizer.init_args: {type(self).__name__} rank and update_interval must be at least 1")
+            raise LitFactoryError(f"model.init_args.optimizer.init_args: {type(self).__name__} rank={rank}, "
+                                  f"update_interval={update_interval}. Fix: both at least 1.")
         self.lr = lr
         self.weight_decay = weight_decay
         self.rank = rank
@@ -63,8 +64,8 @@ class GaLore(OptimizerFactory):
     def _check_package(self) -> None:
         module, distribution = self.package
         if importlib.util.find_spec(module) is None:
-            raise LitFactoryError(f"optimizer: {type(self).__name__} needs the {distribution} package "
-                                  f"(pip install {distribution})")
+            raise LitFactoryError(f"model.init_args.optimizer: {type(self).__name__} needs the {distribution} package "
+                                  f"(pip install {distribution}). Fix: install it.")
 
     def projected_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The trainable 2-D weights GaLore projects: those of the target linear layers."""
@@ -76,7 +77,10 @@ class GaLore(OptimizerFactory):
             if self.target_modules == "all" or any(re.search(rf"\b{t}\b", name) for t in self.target_modules):
                 chosen.append(module.weight)
         if not chosen:
-            raise LitFactoryError(f"optimizer.init_args.target_modules: {self.target_modules!r} matches no trainable linear layer")
+            raise LitFactoryError(
+                f"model.init_args.optimizer.init_args.target_modules: {self.target_modules!r} matches no trainable "
+                "linear layer. Fix: name the model's linear layers, e.g. [q_proj, v_proj]."
+            )
         return chosen
 
     def projection_options(self) -> dict:

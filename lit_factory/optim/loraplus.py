@@ -29,7 +29,10 @@ class LoRAPlus(OptimizerFactory):
         weight_decay: float = 0.0,
     ) -> None:
         if lr_ratio < 1:
-            raise LitFactoryError("optimizer.init_args.lr_ratio: LoRA+ wants B to learn faster than A; use >= 1")
+            raise LitFactoryError(
+                f"model.init_args.optimizer.init_args.lr_ratio: {lr_ratio}; LoRA+ wants B to learn faster than A. Fix: "
+                "use a ratio >= 1 (the paper uses 16)."
+            )
         self.optimizer = optimizer
         self.lr = lr
         self.lr_ratio = lr_ratio
@@ -41,7 +44,8 @@ class LoRAPlus(OptimizerFactory):
         from peft.optimizers import create_loraplus_optimizer
 
         if not isinstance(model, PeftModel):
-            raise LitFactoryError("optimizer: LoRAPlus needs `finetuning: lit_factory.model.LoRA`")
+            raise LitFactoryError("model.init_args.optimizer: LoRAPlus needs LoRA. Fix: set "
+                                  "model.init_args.finetuning.class_path: lit_factory.model.LoRA.")
 
         def with_groups(groups: list[dict], **_: object) -> torch.optim.Optimizer:
             # Every group carries its own lr; drop empty ones (e.g. no LoRA on embeddings).

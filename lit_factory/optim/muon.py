@@ -41,7 +41,10 @@ class Muon(OptimizerFactory):
         adamw_eps: float = 1e-8,
     ) -> None:
         if not hasattr(torch.optim, "Muon"):
-            raise LitFactoryError(f"optimizer: Muon needs torch.optim.Muon (torch >= 2.9); this torch is {torch.__version__}")
+            raise LitFactoryError(
+                "model.init_args.optimizer: Muon needs torch.optim.Muon (torch >= 2.9), this torch is "
+                f"{torch.__version__}. Fix: pip install 'torch>=2.9'."
+            )
         self.lr = lr
         self.weight_decay = weight_decay
         self.momentum = momentum
@@ -61,7 +64,10 @@ class Muon(OptimizerFactory):
             if parameter.requires_grad:
                 (muon if parameter.ndim == 2 and id(parameter) not in outer else adamw).append(parameter)
         if not muon:
-            raise LitFactoryError("optimizer: Muon found no trainable hidden weight matrix to optimise")
+            raise LitFactoryError(
+                "model.init_args.optimizer: Muon found no trainable hidden weight matrix to optimise. Fix: train the "
+                "model's linear layers (e.g. model.init_args.finetuning: Full), or use AdamW."
+            )
         return muon, adamw
 
     def build(self, model: nn.Module) -> torch.optim.Optimizer:

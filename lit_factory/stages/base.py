@@ -7,9 +7,10 @@ supervised chat data, the ``data_objective`` the data module should prepare (a c
 
 from __future__ import annotations
 
-import shutil
+import functools
+import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
@@ -22,8 +23,7 @@ from lit_factory.data.objectives import Objective, Supervised
 from lit_factory.errors import LitFactoryError
 from lit_factory.model.adapters import Finetuning
 from lit_factory.infer.engine import GenerationArgs
-from lit_factory.model.builder import (ModelArgs, build_inference_model, build_media, build_model, build_tokenizer,
-                                      component_dict)
+from lit_factory.model.builder import ModelArgs, build_inference_model, build_media, build_model, build_tokenizer
 from lit_factory.optim.factory import OptimizerCallable, OptimizerFactory
 from lit_factory.stages.lm_head import ChunkedLogits, FullLogits
 
@@ -33,6 +33,53 @@ Optimizer = OptimizerCallable
 def count_label_tokens(labels: torch.Tensor) -> int:
     """How many positions a causal LM loss averages over (labels shift by one)."""
     return int((labels[:, 1:] != -100).sum())
+
+
+def stage_arguments(frame: Any) -> dict[str, Any]:
+    """Every argument the stage was made with: those of each ``__init__`` of its class chain, read from the frames of
+    the calls (Lightning's own ``save_hyperparameters()`` mechanism), so a subclass's arguments — a user's too — are
+    recorded without a line of its own."""
+    from lightning.pytorch.core.mixins import HyperparametersMixin
+    from lightning.pytorch.utilities.parsing import collect_init_args
+
+    arguments: dict[str, Any] = {}
+    for local_arguments in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+        arguments.update(local_arguments)
+    return arguments
+
+
+def plain_hyperparameters(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain values for the checkpoint's ``hyper_parameters`` and ``hparams.yaml``: checkpoints load
+    with ``torch.load(weights_only=True)``, which refuses our classes. A component becomes its ``class_path`` and
+    ``init_args`` (its public attributes), as a recipe names it; a dataclass its fields."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if depth > 8:  # a component that refers back to itself
+        return repr(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [plain_hyperparameters(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {str(key): plain_hyperparameters(item, depth + 1) for key, item in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {field.name: plain_hyperparameters(getattr(value, field.name), depth + 1) for field in fields(value)}
+    if isinstance(value, functools.partial):  # what jsonargparse makes of `optimizer: {class_path, init_args}`
+        classes = [arg for arg in value.args if isinstance(arg, type)]
+        return {"class_path": _class_path(classes[-1] if classes else value.func),
+                "init_args": plain_hyperparameters(value.keywords, depth + 1)}
+    if isinstance(value, type) or inspect.isroutine(value):
+        return {"class_path": _class_path(value)}
+    if isinstance(value, (Path, torch.dtype, torch.device)):
+        return str(value)
+    if hasattr(value, "__dict__"):
+        public = {name: item for name, item in vars(value).items() if not name.startswith("_")}
+        return {"class_path": _class_path(type(value)), "init_args": plain_hyperparameters(public, depth + 1)}
+    return repr(value)
+
+
+def _class_path(target: Any) -> str:
+    return f"{target.__module__}.{target.__qualname__}"
 
 
 @dataclass
@@ -83,25 +130,17 @@ class Stage(pl.LightningModule):
         loss_head: Optional[FullLogits] = None,
     ) -> None:
         super().__init__()
-        # Plain values only: checkpoints load with torch.load(weights_only=True), which refuses our classes.
-        self.save_hyperparameters({
-            "model": model.hyperparameters(),
-            "finetuning": None if finetuning is None else component_dict(finetuning),
-            "lr_schedule": lr_schedule,
-            "warmup_steps": warmup_steps,
-            "min_lr_ratio": min_lr_ratio,
-            "loss_head": None if loss_head is None else {
-                "class_path": f"{type(loss_head).__module__}.{type(loss_head).__qualname__}",
-                "init_args": {k: v for k, v in vars(loss_head).items() if not k.startswith("_")},
-            },
-        })
+        self.save_hyperparameters(plain_hyperparameters(stage_arguments(inspect.currentframe())))
         self.model_args = model
         self.finetuning = finetuning
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_steps = warmup_steps
         if not 0 <= min_lr_ratio <= 1 or (min_lr_ratio and lr_schedule != "cosine"):
-            raise LitFactoryError("model.init_args.min_lr_ratio: must lie in [0, 1] and needs lr_schedule: cosine")
+            raise LitFactoryError(
+                f"model.init_args.min_lr_ratio: {min_lr_ratio} with lr_schedule {lr_schedule!r}. Fix: give a value in "
+                "[0, 1] with model.init_args.lr_schedule: cosine (or min_lr_ratio: 0)."
+            )
         self.min_lr_ratio = min_lr_ratio
         self.generation = generation or GenerationArgs()
         self.loss_head = loss_head if loss_head is not None else ChunkedLogits()
@@ -168,8 +207,8 @@ class Stage(pl.LightningModule):
             if self.trainer.accumulate_grad_batches > 1:
                 raise LitFactoryError(
                     "trainer.accumulate_grad_batches > 1 needs training batches that carry their step's loss-token "
-                    "count: train with lit_factory's DataModule or wrap your DataLoader in "
-                    "lit_factory.data.windows.StepWindowLoader"
+                    "count. Fix: train with lit_factory's DataModule, or wrap your DataLoader in "
+                    "lit_factory.data.windows.StepWindowLoader."
                 )
             # One micro-batch per step: its count over the ranks is the step's count.
             all_tokens = self.trainer.strategy.reduce(torch.tensor(tokens, device=self.device), reduce_op="sum")
@@ -192,8 +231,8 @@ class Stage(pl.LightningModule):
         if window.tokens is not None and window.seen_batches == window.batches and counted_otherwise:
             raise LitFactoryError(
                 f"{type(self).__name__}: the losses counted {window.seen_tokens} loss tokens in this step where the "
-                f"data announced {window.local_tokens}; the stage's token terms must count what "
-                "lit_factory.data.windows.loss_tokens counts"
+                f"data announced {window.local_tokens}. Fix: make the stage's token terms count what "
+                "lit_factory.data.windows.loss_tokens counts."
             )
         # Lightning divides every micro-batch's loss by accumulate_grad_batches; a short last window has fewer
         # micro-batches, so its per-example terms are rescaled to a mean over the micro-batches it really has
@@ -226,8 +265,8 @@ class Stage(pl.LightningModule):
         if position != batch_idx % accumulate or batch[WINDOW_BATCHES] > accumulate:
             raise LitFactoryError(
                 f"training batch {batch_idx}: its step window (position {position} of {batch[WINDOW_BATCHES]}) "
-                f"does not line up with trainer.accumulate_grad_batches={accumulate}; build the loader with "
-                "window=accumulate_grad_batches"
+                f"does not line up with trainer.accumulate_grad_batches={accumulate}. Fix: build the loader with "
+                "window=accumulate_grad_batches."
             )
         if position == 0:
             self._window = _StepWindow()
@@ -252,6 +291,10 @@ class Stage(pl.LightningModule):
 
     def _log_throughput(self, batch: dict[str, torch.Tensor]) -> None:
         # Time from one step's start to the next covers data loading, forward, backward and optimizer together.
+        # Not Lightning's ThroughputMonitor: it logs fixed names (`train/device/items_per_sec`, plus `train/time`,
+        # `train/batches`, `train/samples`, `train/lengths`), not the documented `train/tokens_per_sec`, reports
+        # nothing until a window of `window_size` batches is full, calls torch.cuda.synchronize() after every
+        # micro-batch, and is a callback a plain `Trainer(...)` of the Python API would not have.
         now = time.perf_counter()
         if self._step_started is not None and self._loggers_write_this_step():
             tokens = int(batch["attention_mask"].sum()) * self.trainer.world_size
@@ -356,28 +399,16 @@ class Stage(pl.LightningModule):
         never leaves a half-written file where a good one was. A file an earlier save did not write is never
         replaced (``lit_factory.stages.run_folder``): the save then fails before anything moves.
         """
+        from lit_factory.io import write_entries_atomically
         from lit_factory.stages.run_folder import check_replaceable, write_manifest
-        from lit_factory.permissions import apply_umask_modes
 
         directory = Path(directory)
-        staging = directory / ".saving"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        self.write_outputs(staging)
-        try:
+
+        def before_move(staging: Path) -> None:
             check_replaceable(directory, [item.name for item in staging.iterdir()])
-        except Exception:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        write_manifest(staging, directory)
-        apply_umask_modes(staging)  # transformers writes safetensors 0600; saved files follow the user's umask
-        for item in staging.iterdir():
-            target = directory / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
-        staging.rmdir()
-        return directory
+            write_manifest(staging, directory)
+
+        return write_entries_atomically(directory, self.write_outputs, before_move)
 
     def write_outputs(self, folder: Path) -> None:
         """Write what a run leaves behind into ``folder`` (a staging folder); stages with more to save extend it."""

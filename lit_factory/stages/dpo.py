@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lit_factory.data import objectives
 from lit_factory.errors import LitFactoryError
-from lit_factory.stages.preference import ReferenceStage, require_batch
+from lit_factory.stages.preference import ReferenceStage, require_batch, reward_metrics
 
 
 class DPO(ReferenceStage):
@@ -40,11 +40,16 @@ class DPO(ReferenceStage):
         **kwargs: Any,
     ) -> None:
         if not 0 <= label_smoothing < 0.5:
-            raise LitFactoryError("model.init_args.label_smoothing: must lie in [0, 0.5)")
+            raise LitFactoryError(
+                f"model.init_args.label_smoothing: {label_smoothing} is outside [0, 0.5). Fix: set it in [0, 0.5), "
+                "e.g. 0.1."
+            )
         if label_smoothing and loss_type != "sigmoid":
-            raise LitFactoryError("model.init_args.label_smoothing: only the sigmoid loss uses it; set it to 0")
+            raise LitFactoryError(
+                f"model.init_args.label_smoothing: only the sigmoid loss uses it, not {loss_type!r}. Fix: set it to 0 "
+                "(or model.init_args.loss_type: sigmoid)."
+            )
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight)
         self.beta, self.loss_type, self.label_smoothing, self.sft_weight = beta, loss_type, label_smoothing, sft_weight
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -67,11 +72,6 @@ class DPO(ReferenceStage):
             chosen_logps, chosen_counts = logps.chunk(2)[0], counts.chunk(2)[0]
             loss = loss + self.sft_weight * self.token_mean(-chosen_logps.sum(), chosen_counts.sum())
 
-        chosen_rewards, rejected_rewards = self.beta * chosen_logratios.detach(), self.beta * rejected_logratios.detach()
-        self.log_metrics({
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
-        }, batch_size=len(delta))
+        self.log_metrics(reward_metrics(self.beta * chosen_logratios, self.beta * rejected_logratios),
+                         batch_size=len(delta))
         return loss

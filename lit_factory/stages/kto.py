@@ -31,7 +31,6 @@ class KTO(ReferenceStage):
         self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,7 +50,8 @@ class KTO(ReferenceStage):
         ])
 
         metrics = {"kl": kl}
-        # Pooled over the ranks' rows, so every rank logs the same names (a rank may hold no desirable rows).
+        # Pooled over the ranks' rows, so every rank logs the same names (a rank may hold no desirable rows). The rows
+        # are unpaired, so there is no accuracy and the margin is a difference of means (not `reward_metrics`).
         chosen_reward, rejected_reward = self.pooled_mean(chosen_logratios), self.pooled_mean(rejected_logratios)
         if chosen_reward is not None:
             metrics["rewards/chosen"] = self.beta * chosen_reward

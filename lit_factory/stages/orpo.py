@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_factory.data import objectives
-from lit_factory.stages.preference import PreferenceStage, require_batch
+from lit_factory.stages.preference import PreferenceStage, require_batch, reward_metrics
 
 
 def log1m_exp(x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,6 @@ class ORPO(PreferenceStage):
 
     def __init__(self, beta: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta)
         self.beta = beta
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -47,13 +46,9 @@ class ORPO(PreferenceStage):
         nll = self.token_mean(-chosen_logps.sum(), chosen_counts.sum())
         odds_ratio_loss = -F.logsigmoid(log_odds_ratio).mean()
 
-        chosen_rewards, rejected_rewards = self.beta * chosen.detach(), self.beta * rejected.detach()
         self.log_metrics({
             "nll": -chosen_logps.detach().sum() / chosen_counts.sum().clamp(min=1),  # this batch's token mean
             "log_odds_ratio": log_odds_ratio.mean(),
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
+            **reward_metrics(self.beta * chosen, self.beta * rejected),
         }, batch_size=len(chosen))
         return nll + self.beta * odds_ratio_loss

@@ -126,9 +126,13 @@ class PPO(Stage):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.finetuning, LoRA):
-            raise LitFactoryError("PPO: model-sharing RLHF trains a LoRA policy; set `finetuning: lit_factory.model.LoRA`")
+            raise LitFactoryError("model.init_args.finetuning: PPO (model-sharing RLHF) trains a LoRA policy. Fix: set "
+                                  "model.init_args.finetuning.class_path: lit_factory.model.LoRA.")
         if not Path(reward_model).is_dir():
-            raise LitFactoryError(f"PPO.reward_model: {reward_model!r} is not a folder; give a reward-model run's output")
+            raise LitFactoryError(
+                f"model.init_args.reward_model: {reward_model!r} is not a folder. Fix: give the output folder of a "
+                "reward-model run."
+            )
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the policy adapter and the critic
         self.reward_model_path = reward_model
@@ -164,30 +168,31 @@ class PPO(Stage):
             self._load_reward_adapter()
         if self.reward_head.summary.in_features != self.model.config.hidden_size:
             raise LitFactoryError(
-                f"PPO.reward_model: its value head expects hidden size {self.reward_head.summary.in_features}, the "
-                f"policy's base has {self.model.config.hidden_size}; train the reward model on the same base"
+                f"model.init_args.reward_model: its value head expects hidden size "
+                f"{self.reward_head.summary.in_features}, the policy's base has {self.model.config.hidden_size}. "
+                "Fix: train the reward model on the same base."
             )
 
     def _load_reward_adapter(self) -> None:
         config_file = Path(self.reward_model_path) / "adapter_config.json"
         if not config_file.is_file():
             raise LitFactoryError(
-                f"PPO.reward_model: {str(config_file)!r} not found; a LoRA reward model's output folder has it "
-                "(or set reward_model_type: full)"
+                f"model.init_args.reward_model: {str(config_file)!r} not found; a LoRA reward model's output folder "
+                "has it. Fix: give that folder, or set model.init_args.reward_model_type: full."
             )
         trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
         ours = self.model_args.path
         if trained_on and ours and not _same_base_model(trained_on, ours):
             raise LitFactoryError(
-                f"PPO.reward_model: the reward adapter was trained on {trained_on!r}, the policy's base is {ours!r}; "
-                "use the same base model"
+                f"model.init_args.reward_model: the reward adapter was trained on {trained_on!r}, the policy's base "
+                f"is {ours!r}. Fix: use the same base model."
             )
         try:
             self.model.load_adapter(self.reward_model_path, adapter_name=REWARD_ADAPTER, is_trainable=False)
         except RuntimeError as err:  # shape mismatch: another base
             raise LitFactoryError(
-                f"PPO.reward_model: the adapter in {self.reward_model_path!r} does not fit the policy's base model "
-                f"({str(err).splitlines()[0][:160]}); train the reward model on the same base"
+                f"model.init_args.reward_model: the adapter in {self.reward_model_path!r} does not fit the policy's "
+                f"base model ({str(err).splitlines()[0][:160]}). Fix: train the reward model on the same base."
             ) from err
         self.model.set_adapter("default")
 

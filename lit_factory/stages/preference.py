@@ -36,6 +36,19 @@ def require_batch(batch: Batch, keys: tuple[str, ...], stage: str, objective: st
         raise LitFactoryError(f"{stage}: a {objective} batch needs {rows}n rows ({layout})")
 
 
+def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor, compared: str = "rewards/") -> dict[str, torch.Tensor]:
+    """The metrics of paired rewards (row i of ``chosen`` against row i of ``rejected``), as TRL names them: their
+    means ``rewards/chosen`` and ``rewards/rejected``, how often chosen wins (``accuracy``) and by how much on average
+    (``margin``), the last two under the prefix ``compared`` (the reward model logs them unprefixed)."""
+    chosen, rejected = chosen.detach(), rejected.detach()
+    return {
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        f"{compared}accuracy": (chosen > rejected).float().mean(),
+        f"{compared}margin": (chosen - rejected).mean(),
+    }
+
+
 class PreferenceStage(Stage):
     """Base of the stages trained on chosen/rejected (or desirable/undesirable) responses.
 
@@ -98,7 +111,6 @@ class ReferenceStage(PreferenceStage):
 
     def __init__(self, reference: Literal["auto", "copy", "precomputed"] = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(reference=reference)
         self.reference = reference
         self.reference_model: Optional[torch.nn.Module] = None
         self.precomputed_logps: dict[str, float] = {}
@@ -126,8 +138,8 @@ class ReferenceStage(PreferenceStage):
                 values = [self.precomputed_logps[_row_key(i, m, l)] for i, m, l in zip(ids, mask, labels)]
             except KeyError:
                 raise LitFactoryError(
-                    "reference: precomputed: a row was not seen before training (data changed after the start?); "
-                    "use reference: copy"
+                    "model.init_args.reference: precomputed: a row was not seen before training (data changed "
+                    "after the start?). Fix: set model.init_args.reference: copy."
                 ) from None
             return torch.tensor(values, device=ids.device)
         if source == "adapter_disabled":
@@ -144,7 +156,8 @@ class ReferenceStage(PreferenceStage):
             return  # a resumed run restores the table from its checkpoint
         datamodule = self.trainer.datamodule
         if datamodule is None:
-            raise LitFactoryError("reference: precomputed needs the data as a data module (Trainer.fit(datamodule=))")
+            raise LitFactoryError("model.init_args.reference: precomputed needs the data as a data module. Fix: pass "
+                                  "Trainer.fit(datamodule=...), or set model.init_args.reference: copy.")
         table: dict[str, float] = {}
         was_training = self.model.training
         self.model.eval()

@@ -15,7 +15,7 @@ from lit_factory.model.value_head import (
     save_value_head,
     value_head_set_aside,
 )
-from lit_factory.stages.preference import PreferenceStage, require_batch
+from lit_factory.stages.preference import PreferenceStage, require_batch, reward_metrics
 
 
 class RewardModel(PreferenceStage):
@@ -51,13 +51,7 @@ class RewardModel(PreferenceStage):
         chosen, rejected = self.scores(batch["input_ids"], batch["attention_mask"]).chunk(2)
         loss = -F.logsigmoid(chosen - rejected).mean()
 
-        chosen, rejected = chosen.detach(), rejected.detach()
-        self.log_metrics({
-            "rewards/chosen": chosen.mean(),
-            "rewards/rejected": rejected.mean(),
-            "accuracy": (chosen > rejected).float().mean(),
-            "margin": (chosen - rejected).mean(),
-        }, batch_size=len(chosen))
+        self.log_metrics(reward_metrics(chosen, rejected, compared=""), batch_size=len(chosen))
         return loss
 
     def write_outputs(self, folder: Path) -> None:

@@ -60,7 +60,7 @@ def choose_output_folder(folder: Path) -> tuple[Path, Optional[str]]:
     if runs.exists() and not runs.is_dir():
         raise LitFactoryError(
             f"trainer.default_root_dir: {str(folder)!r} holds files lit-factory did not write and its 'runs' is a "
-            "file; set trainer.default_root_dir (or a logger) to an empty folder for the run's outputs"
+            "file. Fix: set trainer.default_root_dir (or a logger's save_dir) to an empty folder for the run's outputs."
         )
     version = 0
     while (runs / f"version_{version}").exists():
@@ -78,7 +78,7 @@ def check_replaceable(folder: Path, names: list[str]) -> None:
     if clashes:
         raise LitFactoryError(
             f"save: {str(folder)!r} already holds {', '.join(clashes)}, which lit-factory did not write; "
-            "save into an empty folder (nothing was written)"
+            "nothing was written. Fix: save into an empty folder."
         )
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_factory.data import objectives
-from lit_factory.stages.preference import PreferenceStage, require_batch
+from lit_factory.stages.preference import PreferenceStage, require_batch, reward_metrics
 
 
 class SimPO(PreferenceStage):
@@ -27,7 +27,6 @@ class SimPO(PreferenceStage):
 
     def __init__(self, beta: float = 2.0, gamma: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hparams.update(beta=beta, gamma=gamma)
         self.beta, self.gamma = beta, gamma
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -36,11 +35,5 @@ class SimPO(PreferenceStage):
         chosen_rewards, rejected_rewards = (self.beta * logps / counts.clamp(min=1)).chunk(2)
         losses = -F.logsigmoid(chosen_rewards - rejected_rewards - self.gamma)
 
-        chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
-        self.log_metrics({
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-            "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
-        }, batch_size=len(losses))
+        self.log_metrics(reward_metrics(chosen_rewards, rejected_rewards), batch_size=len(losses))
         return losses.mean()

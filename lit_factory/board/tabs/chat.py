@@ -10,34 +10,10 @@ import json
 from typing import Any, Iterator
 
 from lit_factory.board import recipe as recipes
+from lit_factory.board.handlers import MODEL_INPUT_CHECKS, guarded, local_folder, local_path, run_output
 from lit_factory.board.locales import text
-from lit_factory.board.runs import RUN_CONFIG_FILES, RunManager
+from lit_factory.board.runs import RunManager
 from lit_factory.errors import LitFactoryError
-
-
-def run_output(manager: RunManager, name: str) -> tuple[str, str, str]:
-    """``(model path, adapter, tokenizer)`` that load what run ``name`` saved: its folder as the model, or, for an
-    adapter run, the recipe's base model with the folder as adapter."""
-    import yaml
-
-    run = manager.get(name)
-    folder = run.log_dir
-    if (folder / "adapter_config.json").is_file():
-        config = next((folder / file for file in RUN_CONFIG_FILES if (folder / file).is_file()), None)
-        if config is None:
-            raise LitFactoryError(f"run {name!r}: no {' or '.join(RUN_CONFIG_FILES)} in {folder} names the base "
-                                  "model of its adapter. Fix: give the base model path and the adapter folder.")
-        recipe = yaml.safe_load(config.read_text(encoding="utf-8"))
-        model_args = recipe["model"]["init_args"]["model"]
-        if not model_args.get("path"):
-            raise LitFactoryError(
-                f"run {name!r}: its adapter sits on a randomly initialised model (inline config) that was not "
-                "saved; chat needs a base model folder. Fix: train full (method Full) or from a model path."
-            )
-        return model_args["path"], str(folder), model_args.get("tokenizer") or ""
-    if (folder / "config.json").is_file():
-        return str(folder), "", ""
-    raise LitFactoryError(f"run {name!r}: no saved model in {folder} yet. Fix: wait until the run finishes.")
 
 
 def stream_reply(engine: Any, history: list[dict[str, Any]], user_text: str, system: str = "",
@@ -58,8 +34,6 @@ def stream_reply(engine: Any, history: list[dict[str, Any]], user_text: str, sys
 def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     """Add the Chat tab's components and handlers to the open ``gr.Blocks`` (inside its ``gr.Tab``)."""
     import gradio as gr
-
-    from lit_factory.board.app import guarded
 
     word = ui.word
     loaded: dict[str, Any] = {}  # the one model this board keeps in memory: {"engine", "label"}
@@ -141,22 +115,6 @@ def build_chat_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     send.click(respond, chat_inputs, [chatbot, message, status], api_name="chat")
     message.submit(respond, chat_inputs, [chatbot, message, status], api_name=False)
     clear.click(lambda: ([], ""), None, [chatbot, status], api_name=False)
-
-
-def local_path(manager: RunManager, value: str, what: str = "model path") -> str:
-    """A model or tokenizer the page names: its folder in the workspace (resolved), or a hub id as given; a path
-    outside the workspace is refused (``OutsideWorkspace``)."""
-    return manager.workspace.model_source(value, what)
-
-
-def local_folder(manager: RunManager, value: str, what: str = "adapter folder") -> str:
-    """An adapter (or other) folder the page names, resolved inside the workspace; empty stays empty."""
-    value = (value or "").strip()
-    return str(manager.workspace.path(value, what, "read")) if value else ""
-
-
-# Inputs of the model loaders that name paths: (locale key of the label, workspace kind), by position.
-MODEL_INPUT_CHECKS = (("chat_model", "model"), ("chat_adapter", "read"), ("tokenizer", "model"))
 
 
 def _content(value: Any) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 from lit_factory.board import recipe as recipes
 from lit_factory.board.assemble import recipe_yaml, run_dir
 from lit_factory.board.fields import parse_number, parse_optional_int
+from lit_factory.board.handlers import MODEL_INPUT_CHECKS, guarded, local_folder, local_path, run_output
 from lit_factory.board.locales import text
 from lit_factory.board.runs import RunManager
 from lit_factory.board.workspace import Workspace, check_recipe_paths
@@ -78,8 +79,6 @@ def build_evaluate_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     """Add the Evaluate tab's components and handlers to the open ``gr.Blocks`` (inside its ``gr.Tab``)."""
     import gradio as gr
 
-    from lit_factory.board.app import guarded
-    from lit_factory.board.tabs.chat import MODEL_INPUT_CHECKS, local_folder, local_path, run_output
     from lit_factory.eval.choice import SAMPLE_TASK_DIR
     from lit_factory.shipped import PACKAGE_DIR
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lit_factory.board.handlers import guarded, local_folder, local_path, run_output
 from lit_factory.board.locales import text
 from lit_factory.board.runs import RunManager
 from lit_factory.errors import LitFactoryError
@@ -14,9 +15,6 @@ DTYPES = ["auto", "float32", "bfloat16", "float16"]
 def build_export_tab(ui: Any, manager: RunManager, lang: Any) -> None:
     """Add the Export tab's components and handlers to the open ``gr.Blocks`` (inside its ``gr.Tab``)."""
     import gradio as gr
-
-    from lit_factory.board.app import guarded
-    from lit_factory.board.tabs.chat import local_folder, local_path, run_output
 
     word = ui.word
     with gr.Row():

@@ -52,7 +52,7 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
     import gradio as gr
     import pandas as pd
 
-    from lit_factory.board.app import guarded
+    from lit_factory.board.handlers import guarded
 
     workspace = manager.workspace
     start_form = recipes.form_from_recipe(recipes.load_recipe(default_recipe, workspace), new_run_name())
