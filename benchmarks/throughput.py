@@ -36,7 +36,7 @@ LORA_SIDES = {"plain": "plain PyTorch + PEFT", "trainer": "transformers.Trainer"
               "ours-qlora": "lit-factory QLoRA 4-bit"}
 PACKING_SIDES = {"unpacked": "lit-factory, padded rows", "packed": "lit-factory, packing"}
 # Issue 13's figures: Llama-2-7B shape, LoRA r16, 4 x 2048, bf16, gradient checkpointing, H100 80GB, torch 2.11.
-REFERENCES = {"plain": "6,192 tokens/s, 18.24 GB", "trainer": "7,156 tokens/s"}
+REFERENCE_TOKENS_PER_SEC = {"plain": 6192, "trainer": 7156}  # plain: at 18.24 GB peak
 PEER_DATA = ROOT.parent / "shared" / "peer-data" / "llamafactory"
 
 
@@ -51,6 +51,15 @@ def lora_flops_per_token(shape: dict, rank: int, seq: int) -> tuple[float, int, 
     frozen = layers * sum(i * o for i, o in linears) + d * vocab
     lora = layers * sum(rank * (i + o) for i, o in linears)
     return 4 * frozen + 6 * lora + 12 * layers * heads * head_dim * seq, frozen, lora
+
+
+def reference(side: str) -> str:
+    """Issue 13's figure for ``side`` with its MFU by this script's formula against 740 TFLOP/s."""
+    if side not in REFERENCE_TOKENS_PER_SEC:
+        return ""
+    tokens = REFERENCE_TOKENS_PER_SEC[side]
+    mfu = tokens * lora_flops_per_token(SHAPES["llama2-7b"], 16, 2048)[0] / 740e12
+    return f"{tokens:,} tokens/s, MFU {100 * mfu:.1f}%" + (", 18.24 GB" if side == "plain" else "")
 
 
 def cpu_matmul_peak_tflops(size: int = 1024, repeats: int = 20) -> float:
@@ -145,12 +154,12 @@ def report_lora(args, runs: dict[str, list[dict]], skipped: str | None) -> bool:
     rows, summary = [], {side: medians(side_runs) for side, side_runs in runs.items()}
     for side, name in LORA_SIDES.items():
         if side not in summary:
-            rows.append([name, skipped or "not run", "", "", "", "", REFERENCES.get(side, "")])
+            rows.append([name, skipped or "not run", "", "", "", "", reference(side)])
             continue
         s = summary[side]
         rows.append([name, f"{s['tokens_per_sec']:,.0f}", f"{100 * s['tokens_per_sec'] * flops / peak / 1e12:.1f}%",
                      f"{s['peak_gb']:.2f}", f"{s['last_loss']:.4f}", f"{s['layer0_calls_per_step']:g}",
-                     REFERENCES.get(side, "")])
+                     reference(side)])
     print_table(["side", "tokens/s", "MFU", "peak memory (GB)", "last loss", "layer-0 runs/step",
                  "reference (H100 80GB, issue 13)"], rows)
     plain, ours = summary["plain"], summary["ours"]
