@@ -137,10 +137,10 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def setting(args) -> str:
     where = args.device if args.device == "cuda" else "CPU (a scaled-down shape: tiny Llama, not the 7B one)"
+    checkpointing = "on" if args.gradient_checkpointing else "off"
     return (f"{args.shape} shape, LoRA r{args.rank} all linear, micro-batch {args.batch} x seq {args.seq}, "
-            f"{'bf16' if args.bf16 else 'fp32'}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'},"
-            f" {where}; {args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeats} "
-            f"interleaved repeats")
+            f"{'bf16' if args.bf16 else 'fp32'}, gradient checkpointing {checkpointing}, {where}; "
+            f"{args.steps - args.warmup} timed steps after {args.warmup}, median of {args.repeats} interleaved repeats")
 
 
 def report_lora(args, runs: dict[str, list[dict]], skipped: str | None) -> bool:
