@@ -97,7 +97,7 @@ def qlora_skip_reason(args) -> str | None:
     if args.device != "cuda":
         return "skipped: bitsandbytes 4-bit QLoRA needs CUDA"
     if importlib.util.find_spec("bitsandbytes") is None:
-        return "skipped: bitsandbytes is not installed (pip install 'lit-factory[qlora]')"
+        return "skipped: bitsandbytes is not installed (a dependency of lit-factory: pip install bitsandbytes)"
     return None
 
 
