@@ -137,3 +137,102 @@ def test_pretrain_blocks_follow_llamafactory_and_attend_across_documents(peer_da
     assert "position_ids" not in batch and batch["attention_mask"].all()
     assert torch.equal(batch["labels"], batch["input_ids"])
     assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == 4 * 127
+
+
+# ---- the SFT stage on packed rows, per attention implementation ---------------------------------------------------
+class VarlenReference:
+    """Flash-attention's dispatch on a CPU: transformers' own ``flash_attention_forward`` and
+    ``_flash_attention_forward`` (which choose between the plain and the varlen kernel from the mask, the
+    ``cu_seq_lens_*`` kwargs and the position ids) with the two kernels replaced by sdpa references, registered as
+    an attention implementation of its own (flash-attn needs CUDA). ``varlen_calls`` counts the varlen kernel's calls
+    and the sequences they were given."""
+
+    name = "varlen_reference"
+
+    def __init__(self, monkeypatch) -> None:
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers import modeling_flash_attention_utils as fa
+        from transformers.integrations.flash_attention import flash_attention_forward
+        from transformers.masking_utils import flash_attention_mask
+
+        self.varlen_calls: list[int] = []
+        kernels = ((self.dense, self.varlen, None, None, None),
+                   (fa._lazy_define_process_function(self.varlen), dict))
+        original = fa.lazy_import_flash_attention
+        monkeypatch.setattr(fa, "lazy_import_flash_attention",
+                            lambda implementation, *args, **kwargs: kernels if implementation == self.name
+                            else original(implementation, *args, **kwargs))
+        AttentionInterface.register(self.name, flash_attention_forward)
+        AttentionMaskInterface.register(self.name, flash_attention_mask)
+
+    @staticmethod
+    def dense(q, k, v, dropout_p=0.0, softmax_scale=None, causal=True, **kwargs):
+        """flash_attn_func on (batch, length, heads, dim): causal attention over each whole row."""
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=causal, scale=softmax_scale, enable_gqa=True)
+        return out.transpose(1, 2)
+
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+               softmax_scale=None, causal=True, **kwargs):
+        """flash_attn_varlen_func on (tokens, heads, dim): causal attention within each [cu[i], cu[i + 1])."""
+        self.varlen_calls.append(len(cu_seqlens_q) - 1)
+        bounds = cu_seqlens_q.tolist()
+        return torch.cat([self.dense(q[None, b:e], k[None, b:e], v[None, b:e], softmax_scale=softmax_scale,
+                                     causal=causal)[0] for b, e in zip(bounds[:-1], bounds[1:])])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen_reference"])
+def test_sft_stage_loss_on_packed_rows_equals_the_conversations_alone(attn, tmp_path, monkeypatch):
+    """Through the SFT stage itself, several packed rows per batch: sdpa and eager get a block-diagonal mask from
+    transformers' find_packed_sequence_indices, flash-attention's dispatch takes its varlen kernel with one sequence
+    per conversation (and one per padded tail); the stage's loss equals the token mean of each conversation's loss
+    run alone. Control: flash-attention given the position ids alone (what a batch of more than one row got before)
+    attends across conversations."""
+    from functools import partial
+
+    from transformers import masking_utils
+    from tiny_models import SPARROW, TINY
+
+    from lit_factory.model import Full, ModelArgs
+    from lit_factory.stages import SFT
+
+    found = []
+    find = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices",
+                        lambda position_ids: found.append(find(position_ids)) or found[-1])
+    flash = VarlenReference(monkeypatch) if attn == "varlen_reference" else None
+    settings = {"tokenizer": SPARROW, "template": "chatml", "cutoff_len": 512, "shuffle": False}
+    module = DataModule("dialogues", dataset_dir=short_dialogues(tmp_path), batch_size=64, packing=True, **settings)
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    alone_module = DataModule("dialogues", dataset_dir=str(tmp_path), batch_size=1, **settings)
+    alone_module.setup("fit")
+    conversations = [alone_module.train_set[i] for i in range(len(alone_module.train_set))]
+    starts = (batch["position_ids"] == 0) & batch["attention_mask"].bool()
+    assert batch["input_ids"].shape[0] > 1 and (starts.sum(dim=1) > 1).all()
+    assert int(starts.sum()) == len(conversations)
+    padded_rows = int((batch["attention_mask"] == 0).any(dim=1).sum())
+
+    torch.manual_seed(0)
+    stage = SFT(ModelArgs(config=dict(TINY, max_position_embeddings=512), tokenizer=SPARROW), Full(),
+                partial(torch.optim.AdamW, lr=1e-3))
+    stage.configure_model()
+    stage.model.eval()
+    if flash is not None:
+        stage.model.set_attn_implementation(flash.name)
+    with torch.no_grad():
+        loss = stage.loss(batch)
+        if flash is None:  # transformers found the conversations (and each padded tail) as sequences
+            assert found and int(found[0].max(dim=1).values.sum() + len(found[0])) == len(conversations) + padded_rows
+        else:
+            assert flash.varlen_calls and set(flash.varlen_calls) == {len(conversations) + padded_rows}
+        token_sum, targets = 0.0, 0
+        for conversation in conversations:  # the reference: each conversation alone, a plain forward
+            ids, labels = torch.tensor([conversation["input_ids"]]), torch.tensor([conversation["labels"]])
+            token_sum += float(token_losses(stage.model(input_ids=ids).logits, labels).sum())
+            targets += int((labels[:, 1:] != IGNORE_INDEX).sum())
+        torch.testing.assert_close(float(loss), token_sum / targets, atol=1e-6, rtol=1e-5)
+        if flash is not None:
+            unbounded = stage.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+            packed = stage.model(input_ids=batch["input_ids"], **attention_inputs(batch))
+            assert not torch.allclose(unbounded.logits, packed.logits, atol=1e-3)

@@ -3,10 +3,11 @@
 Rows are filled greedily in order (a conversation that does not fit starts a new row) within each map batch of
 1,000 conversations. Each row carries ``position_ids`` that restart at 0 for every conversation. The
 :class:`PackedCollator` pads rows and leaves ``position_ids`` in the batch; a stage passes them to the model with
-``attention_mask=None``, and transformers (``masking_utils.find_packed_sequence_indices``, used by the sdpa, eager
-and flash-attention paths) then builds a block-diagonal causal mask from the restarts, so no token attends across a
-conversation boundary, and each conversation sees the positions it would see alone. The padding at the end of a row
-is one more "sequence" of its own, with no loss.
+``attention_mask=None``, and transformers (``masking_utils.find_packed_sequence_indices``, for sdpa and eager) then
+builds a block-diagonal causal mask from the restarts; flash-attention gets the boundaries as ``cu_seq_lens_*`` and
+runs its varlen kernel (:func:`attention_inputs`). So no token attends across a conversation boundary, and each
+conversation sees the positions it would see alone. The padding at the end of a row is one more "sequence" of its
+own, with no loss.
 
 No label crosses a boundary either: the loss predicts the label at position t from the logits at t - 1, so the
 label of each conversation's first token would make the previous conversation's last token learn to predict it
@@ -90,7 +91,14 @@ class PackedCollator:
 def attention_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The model's attention arguments for a batch: ``attention_mask`` for padded rows; for packed rows (they carry
     ``position_ids``) the position ids, no mask and no KV cache, the case in which transformers derives the
-    per-sequence block-diagonal mask (it skips that when a mask or a cache is given)."""
+    per-sequence block-diagonal mask for sdpa and eager (it skips that when a mask or a cache is given), and the
+    sequence boundaries of the flattened batch (``cu_seq_lens_q``... as ``DataCollatorWithFlattening`` gives them):
+    flash-attention infers them from position ids only for a batch of one row, and would otherwise attend across
+    the conversations of each row; sdpa and eager ignore them."""
     if "position_ids" in batch:
-        return {"position_ids": batch["position_ids"], "use_cache": False}
+        from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+        (starts_q, starts_k), (longest_q, longest_k) = prepare_fa_kwargs_from_position_ids(batch["position_ids"])
+        return {"position_ids": batch["position_ids"], "use_cache": False, "cu_seq_lens_q": starts_q,
+                "cu_seq_lens_k": starts_k, "max_length_q": int(longest_q), "max_length_k": int(longest_k)}
     return {"attention_mask": batch["attention_mask"]}
