@@ -214,9 +214,12 @@ def dpo_single(tmp_path_factory) -> Path:
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"reference data not found: {SHARED_DATA}")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_dpo_on_two_processes_logs_and_trains_like_one(dpo_single, strategy):
-    """DPO with a reference copy (sharded too under FSDP): 2 processes with half the micro-batch give one
-    process's per-step loss, synced reward metrics (train and validation) and final weights."""
+    """DPO with a reference copy (sharded too under FSDP, its root resharded after each forward): 2 processes with
+    half the micro-batch give one process's per-step loss, synced reward metrics (train and validation) and final
+    weights, the policy's and the reference's log-probabilities projected in chunks through whole head weights."""
     run = dpo_single.parent / strategy
     finish(fit(run, MICRO_BATCH // 2, "--trainer.devices", "2", "--config", f"recipes/distributed/{strategy}.yaml",
-               env=distributed_env(), variant=dpo_variant))
+               *recording_head(run), env=distributed_env(), variant=dpo_variant))
     assert_same_run(dpo_single, run, PREFERENCE_METRICS)
+    # Each micro-batch (STEPS x ACCUMULATE in training, one in validation): the policy's and the reference's.
+    assert recorded_projections(run) == [[whole_head(dpo_single.parent / "base")] * 2 * (STEPS * ACCUMULATE + 1)] * 2
