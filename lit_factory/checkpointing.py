@@ -189,11 +189,22 @@ class PeriodicCheckpoint(ModelCheckpoint):
         self._last_save_time = time.monotonic()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rng_states": capture_rng_states()}
+        # Every rank's generators (rank 0 alone writes the file, and ranks draw differently: dropout masks follow
+        # each rank's batch shapes); every rank calls this while saving, so the gather is joined by all.
+        states = capture_rng_states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            every_rank: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(every_rank, states)
+            return {**super().state_dict(), "rng_states": states, "rng_states_of_ranks": every_rank}
+        return {**super().state_dict(), "rng_states": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         self._rng_to_restore = state_dict.pop("rng_states", None)
+        of_ranks = state_dict.pop("rng_states_of_ranks", None)
+        if of_ranks is not None and torch.distributed.is_initialized() \
+                and len(of_ranks) == torch.distributed.get_world_size():
+            self._rng_to_restore = of_ranks[torch.distributed.get_rank()]  # else (another world size): rank 0's
         if self.dirpath is None:  # Lightning restores callbacks before `setup` resolves the default folder
             self._state_before_setup = state_dict
         else:

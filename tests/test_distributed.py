@@ -2,6 +2,7 @@
 global batch (per-step loss, validation loss, final weights), and rank 0 saves the model."""
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -89,13 +90,20 @@ def weights(directory: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    """One process with micro-batch 4, and DDP over 2 gloo processes with micro-batch 2 (the same global batch)."""
+def single(tmp_path_factory) -> Path:
+    """One process with micro-batch 4: the run the distributed ones are compared with."""
     root = tmp_path_factory.mktemp("runs")
     finish(fit(root / "single", MICRO_BATCH, "--trainer.devices", "1"))
-    finish(fit(root / "ddp", MICRO_BATCH // 2, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    return root / "single"
+
+
+@pytest.fixture(scope="module")
+def runs(single) -> tuple[Path, Path]:
+    """The one-process run, and DDP over 2 gloo processes with micro-batch 2 (the same global batch)."""
+    ddp = single.parent / "ddp"
+    finish(fit(ddp, MICRO_BATCH // 2, "--trainer.devices", "2", "--trainer.strategy", "ddp",
                env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}))
-    return root / "single", root / "ddp"
+    return single, ddp
 
 
 @pytest.mark.slow
@@ -141,28 +149,52 @@ def test_two_nodes_of_one_process_on_localhost_train_like_one_process(runs, tmp_
 
 
 def distributed_env() -> dict:
-    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    tests = str(Path(__file__).resolve().parent)  # recording_head, imported by the `lit-factory fit` processes
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+            "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+
+
+def recorded_projections(directory: Path) -> list[list[tuple[str, str]]]:
+    """Each rank's chunked projections, as (weight type, weight shape), written by ``recording_head``."""
+    records = directory / "projections"
+    return [[tuple(line.split()[:2]) for line in (records / f"rank{rank}.txt").read_text().splitlines()]
+            for rank in (0, 1)]
+
+
+def recording_head(directory: Path) -> tuple[str, ...]:
+    """Overrides that make the run's loss head ``ChunkedLogits`` recording its projections."""
+    (directory / "projections").mkdir(parents=True, exist_ok=True)
+    return ("--model.init_args.loss_head", "recording_head.RecordingChunkedLogits",
+            "--model.init_args.loss_head.init_args.record_to", str(directory / "projections"))
+
+
+def whole_head(base: Path) -> tuple[str, str]:
+    """How ``recording_head`` writes the base model's whole lm_head weight: a parameter, vocabulary x hidden."""
+    config = json.loads((base / "config.json").read_text())
+    return "Parameter", f"{config['vocab_size']}x{config['hidden_size']}"
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_train_like_one_and_save_a_model_transformers_reloads(runs, tmp_path):
-    """FSDP2 over 2 gloo processes (rank 1 builds on the meta device and receives rank 0's weights): the same
-    losses and final weights as one process, and the gathered model.safetensors reloads with plain transformers
-    to the same logits."""
+def test_fsdp_two_processes_train_like_one_and_save_a_model_transformers_reloads(single, tmp_path):
+    """FSDP2 over 2 gloo processes (rank 1 builds on the meta device and receives rank 0's weights), with the
+    memory-lean loss head: the same losses and final weights as one process, every loss on both ranks projected in
+    chunks through the whole (gathered) head weight, and the gathered model.safetensors reloads with plain
+    transformers to the same logits."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    single, _ = runs
     (tmp_path / "base").symlink_to(single.parent / "base")
-    finish(fit(tmp_path / "fsdp", MICRO_BATCH // 2, "--trainer.devices", "2", "--config",
-               "recipes/distributed/fsdp.yaml", env=distributed_env()))
-    assert_same_run(single, tmp_path / "fsdp")
+    run = tmp_path / "fsdp"
+    finish(fit(run, MICRO_BATCH // 2, "--trainer.devices", "2", "--config", "recipes/distributed/fsdp.yaml",
+               *recording_head(run), env=distributed_env()))
+    assert_same_run(single, run)
+    # One projection per micro-batch: STEPS x ACCUMULATE in training, one validation batch (4 rows, 2 per rank).
+    assert recorded_projections(run) == [[whole_head(single.parent / "base")] * (STEPS * ACCUMULATE + 1)] * 2
     ids = torch.arange(3, 40).unsqueeze(0)
     logits = [AutoModelForCausalLM.from_pretrained(path / "run" / "version_0").eval()(ids).logits
-              for path in (single, tmp_path / "fsdp")]
-    # Weights agree to 1e-5 (assert_same_run); the logits of 2 x 37 positions amplify float32 rounding a little:
-    # one process sums its loss in chunks (ChunkedLogits), FSDP through the model's own head (the chunked head
-    # needs the gathered weights, lit_factory.stages.lm_head._sharded_weights).
+              for path in (single, run)]
+    # Weights agree to 1e-5 (assert_same_run: 2 ranks sum gradients in another order); the logits of 37 positions
+    # through 2 layers amplify that float32 rounding to a few 1e-5.
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-4)
 
 
@@ -182,9 +214,12 @@ def dpo_single(tmp_path_factory) -> Path:
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"reference data not found: {SHARED_DATA}")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_dpo_on_two_processes_logs_and_trains_like_one(dpo_single, strategy):
-    """DPO with a reference copy (sharded too under FSDP): 2 processes with half the micro-batch give one
-    process's per-step loss, synced reward metrics (train and validation) and final weights."""
+    """DPO with a reference copy (sharded too under FSDP, its root resharded after each forward): 2 processes with
+    half the micro-batch give one process's per-step loss, synced reward metrics (train and validation) and final
+    weights, the policy's and the reference's log-probabilities projected in chunks through whole head weights."""
     run = dpo_single.parent / strategy
     finish(fit(run, MICRO_BATCH // 2, "--trainer.devices", "2", "--config", f"recipes/distributed/{strategy}.yaml",
-               env=distributed_env(), variant=dpo_variant))
+               *recording_head(run), env=distributed_env(), variant=dpo_variant))
     assert_same_run(dpo_single, run, PREFERENCE_METRICS)
+    # Each micro-batch (STEPS x ACCUMULATE in training, one in validation): the policy's and the reference's.
+    assert recorded_projections(run) == [[whole_head(dpo_single.parent / "base")] * 2 * (STEPS * ACCUMULATE + 1)] * 2

@@ -14,6 +14,7 @@ from lit_factory.stages.lm_head import (
     HEAD_TRANSFORMS,
     ChunkedLogits,
     FullLogits,
+    LinearHead,
     linear_cross_entropy_sum,
     linear_head,
     linear_token_logps,
@@ -125,18 +126,6 @@ def test_models_with_other_heads_take_the_plain_path_and_say_why():
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_weights_gathered_only_inside_the_forward_take_the_plain_path():
-    """ZeRO-3 partitions (``ds_id``) and FSDP2's DTensors are whole only inside the model's own forward: the
-    chunked head, which calls the decoder and reads the head weight itself, must not use them."""
-    model = tiny_causal_lm("qwen2")
-    model.get_output_embeddings().weight.ds_id = 7  # what deepspeed.zero.Init marks a partitioned weight with
-    assert "ZeRO-3" in linear_head(model)
-    batch = labelled_batch()
-    full, chunked = (losses_and_gradients(head, model, *batch) for head in (FullLogits(), ChunkedLogits()))
-    for got, expected in zip(chunked[:3], full[:3]):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
-
-
 class LargestLogits(TorchDispatchMode):
     """Records the most rows of any vocabulary-wide tensor an op creates."""
 
@@ -161,6 +150,85 @@ def test_only_a_chunk_of_labelled_tokens_is_ever_projected(head, most_rows):
     # ChunkedLogits: 8-token chunks (the transposed weight, hidden × vocab = 64 × 1000, is the widest view);
     # FullLogits, the control that shows the probe sees logits: every position of the batch.
     assert seen.rows == most_rows
+
+
+class _GatherBeforeBackward(torch.autograd.Function):
+    """Identity on a module's output whose backward first gathers the module's parameters (ZeRO-3's
+    ``PreBackwardFunctionForModule``)."""
+
+    @staticmethod
+    def forward(ctx, gather, output):
+        ctx.gather = gather
+        return output.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.gather()
+        return None, grad
+
+
+class PartitionedLikeZeroThree:
+    """DeepSpeed ZeRO-3's contract without DeepSpeed (it needs CUDA): outside the calls of the module that owns it,
+    every parameter's data is empty (``param.data = torch.empty(0)``, as ZeRO-3 releases it, and marked with a
+    ``ds_id``); a module's forward pre-hook gathers its parameters, its forward hook releases them and hooks its
+    outputs to gather them again for their backward — the hooks ``deepspeed/runtime/zero/parameter_offload.py``
+    registers on every module."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.whole, self.hooks = model, {}, []
+
+    def gather(self, parameters) -> None:
+        for parameter in parameters:
+            parameter.data = self.whole[parameter]
+
+    def release(self, parameters) -> None:
+        for parameter in parameters:
+            parameter.data = torch.empty(0, dtype=parameter.dtype)
+
+    def __enter__(self):
+        for module in self.model.modules():
+            own = list(module.parameters(recurse=False))
+            if not own:
+                continue
+
+            def after_forward(module, args, output, own=own):
+                self.release(own)
+                hooked = [_GatherBeforeBackward.apply(partial(self.gather, own), tensor)
+                          if isinstance(tensor, torch.Tensor) and tensor.requires_grad else tensor
+                          for tensor in (output if isinstance(output, tuple) else (output,))]
+                return tuple(hooked) if isinstance(output, tuple) else hooked[0]
+
+            self.hooks += [module.register_forward_pre_hook(lambda module, args, own=own: self.gather(own)),
+                           module.register_forward_hook(after_forward)]
+        for number, parameter in enumerate(self.model.parameters()):
+            self.whole[parameter], parameter.ds_id = parameter.data, number
+        self.release(self.whole)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        for parameter, data in self.whole.items():
+            parameter.data = data
+            del parameter.ds_id
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_zero3_partitioned_head_is_projected_in_chunks_through_its_module_call(tied):
+    """Under ZeRO-3 the head weight is whole only while ``lm_head`` is called (and from its output's backward on):
+    the chunked head projects through that call, in chunks, with the plain path's loss, log-probs and gradients."""
+    model = tiny_causal_lm("qwen2", vocab_size=1000, tie_word_embeddings=tied)
+    batch = labelled_batch(length=40)
+    expected = losses_and_gradients(FullLogits(), model, *batch)
+    for head, most_rows in ((ChunkedLogits(chunk_tokens=8), 64), (FullLogits(), 3 * 40)):
+        with PartitionedLikeZeroThree(model), LargestLogits(1000) as seen:
+            assert model.lm_head.weight.numel() == 0  # partitioned: a direct read finds nothing
+            assert isinstance(linear_head(model), LinearHead)
+            got = losses_and_gradients(head, model, *batch)
+        assert seen.rows == most_rows  # the chunks' widest tensor (see above); the control: every position
+        for value, reference in zip(got[:3], expected[:3]):
+            torch.testing.assert_close(value, reference, **TOLERANCE)
+        assert_same_gradients(got[3], expected[3])
 
 
 # ---- stages -------------------------------------------------------------------------------------------------------

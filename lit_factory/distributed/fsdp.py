@@ -50,7 +50,10 @@ class FSDP(ModelParallelStrategy):
             device (no memory) and receive rank 0's weights by broadcast once it is sharded (accelerate's
             ``cpu_ram_efficient_loading``). Quantized models and adapters to resume are read by every rank.
         reshard_after_forward: Free each unit's gathered weights after its forward (ZeRO-3-like, least memory);
-            false keeps them until the backward (ZeRO-2-like, less communication).
+            false keeps them until the backward (ZeRO-2-like, less communication). The trained model's root unit
+            (embeddings, final norm, head) stays gathered from its forward to its backward either way, FSDP2's
+            default for a root: its backward starts at once, and the loss head (``ChunkedLogits``) projects through
+            it after the forward. A frozen reference copy follows this setting throughout.
         save_distributed_checkpoint: Lightning checkpoints (``.ckpt``) as one folder of shards per rank (fast,
             resumable with the same world size); false gathers one file on rank 0. The Hugging Face output folder
             is always gathered whole.
@@ -94,7 +97,9 @@ class FSDP(ModelParallelStrategy):
             layer_classes = decoder_layer_classes(module, self.wrap_classes)
             for layer in [m for m in module.modules() if isinstance(m, layer_classes)]:
                 fully_shard(layer, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
-            fully_shard(module, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+            trained_root = module is getattr(stage, "model", None) and self.reshard_after_forward
+            # None: FSDP2's own choice, True for the units inside and False for the root.
+            fully_shard(module, mesh=mesh, reshard_after_forward=None if trained_root else self.reshard_after_forward)
             if self.world_size > 1 and self._has_meta_tensors_anywhere(module):
                 self._receive_rank_zero_weights(module, whole)
         super().setup(trainer)

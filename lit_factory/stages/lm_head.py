@@ -2,10 +2,17 @@
 
 ``FullLogits`` is the plain path: the model's own forward, with float32 logits over the whole vocabulary for every
 position of the batch (for a 151k vocabulary, 4 × 1024 tokens: 2.5 GB per copy, and cross-entropy's backward makes
-several). ``ChunkedLogits`` (the default) calls the decoder without its head, keeps only the positions that carry a
-label, and projects them a chunk of tokens at a time in a custom autograd function that recomputes each chunk's
-logits in the backward pass, so at most one chunk's logits exist at once. On CUDA its next-token loss runs Liger's
-fused linear cross-entropy kernel when ``liger-kernel`` is installed (``pip install 'lit-factory[liger]'``).
+several). ``ChunkedLogits`` (the default) runs the model's own forward with its head projecting no position, keeps
+the decoder's last hidden states of the positions that carry a label, and projects them a chunk of tokens at a time
+in a custom autograd function that recomputes each chunk's logits in the backward pass, so at most one chunk's logits
+exist at once. On CUDA its next-token loss runs Liger's fused linear cross-entropy kernel when ``liger-kernel`` is
+installed (``pip install 'lit-factory[liger]'``).
+
+Sharded weights: the forward is the model's own (the root module of FSDP2 and ZeRO-3, whose hooks gather the
+weights), and the projection runs as a call of the model's ``lm_head`` module, so DeepSpeed ZeRO-3's per-module hooks
+gather its weight for the projection and again for its backward; under FSDP2 the head belongs to the root unit
+(``lit_factory.distributed.FSDP``), which stays gathered from its forward to its backward (``FSDPModule.unshard`` where
+the root reshards after its forward, as a frozen reference model's does).
 
 Both return the same numbers and gradients (tests/test_lm_head.py compares them); a model whose head is not a plain
 linear projection with a known logit transform (``HEAD_TRANSFORMS``) takes the plain path, logged once.
@@ -14,7 +21,8 @@ linear projection with a known logit transform (``HEAD_TRANSFORMS``) takes the p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from functools import partial
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -116,11 +124,29 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LinearHead:
-    """A causal LM's vocabulary projection as ``softcap(logit_scale * hidden @ weight.T)``."""
+    """A causal LM's vocabulary projection as ``softcap(logit_scale * hidden @ module.weight.T)``; ``module`` is the
+    model's bias-free ``lm_head``, whose weight is read only while that module is called (``project``)."""
 
-    weight: torch.Tensor
+    module: torch.nn.Linear
     logit_scale: float = 1.0
     softcap: Optional[float] = None
+
+    def project(self, function: Callable[..., Any], *tensors: torch.Tensor) -> Any:
+        """``function(weight, *tensors)`` run as the forward of ``module``, so the module's hooks run around it:
+        DeepSpeed ZeRO-3 gathers the partitioned weight before and releases it after, and hooks the outputs to gather
+        it again for their backward (``deepspeed/runtime/zero/parameter_offload.py``); the tensors go through the
+        call so its hooks see them. Hand-written because neither library offers "call this module with another
+        function"; accelerate's hooks replace ``forward`` on the instance the same way."""
+        module = self.module
+        own_forward = module.__dict__.get("forward")
+        module.forward = lambda *hooked: function(module.weight, *hooked)
+        try:
+            return module(*tensors)
+        finally:
+            if own_forward is None:
+                del module.forward
+            else:
+                module.forward = own_forward
 
 
 def linear_head(causal_lm: torch.nn.Module) -> Union[LinearHead, str]:
@@ -137,9 +163,6 @@ def linear_head(causal_lm: torch.nn.Module) -> Union[LinearHead, str]:
     if type(head) is not torch.nn.Linear or head.bias is not None:  # LoRA/modules_to_save on lm_head, quantized
         return f"its lm_head is a {type(head).__name__}{' with a bias' if head.bias is not None else ''}, " \
                "not a plain bias-free Linear"
-    sharded = _sharded_weights(causal_lm)
-    if sharded:
-        return sharded
     rule = HEAD_TRANSFORMS[model_type]
     scale = 1.0
     if "multiply" in rule:
@@ -147,22 +170,62 @@ def linear_head(causal_lm: torch.nn.Module) -> Union[LinearHead, str]:
     if "divide" in rule:
         scale = 1.0 / float(getattr(config, rule["divide"]))
     softcap = getattr(config, rule["softcap"], None) if "softcap" in rule else None
-    return LinearHead(head.weight, scale, softcap)
+    return LinearHead(head, scale, softcap)
 
 
-def _sharded_weights(causal_lm: torch.nn.Module) -> Optional[str]:
-    """Why the embeddings or head cannot be used outside the model's own forward, if they cannot: FSDP2 keeps
-    them as sharded DTensors until its root module's forward gathers them, ZeRO-3 as empty partitions until
-    each module's forward hook does (calling the decoder and the head weight directly would skip both)."""
-    for module in (causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()):
-        weight = getattr(module, "weight", None)
-        if weight is None:
-            continue
-        if type(weight).__name__ == "DTensor" or type(weight.data).__name__ == "DTensor":
-            return "its weights are sharded by FSDP (gathered only inside the model's own forward)"
-        if hasattr(weight, "ds_id"):
-            return "its weights are partitioned by DeepSpeed ZeRO-3 (gathered only inside the model's own forward)"
-    return None
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    return type(tensor).__name__ == "DTensor" or type(tensor.data).__name__ == "DTensor"
+
+
+def final_hidden_states(model: torch.nn.Module, **inputs: Any) -> torch.Tensor:
+    """The decoder's last hidden states ``[B, T, H]`` from the model's own forward, its head projecting no position.
+
+    The model's own forward rather than its decoder alone: under FSDP2 and ZeRO-3 ``model`` is the root module, whose
+    hooks gather the embeddings and final norm (the decoder called alone met FSDP2's sharded DTensors). The head sees
+    an empty index (``logits_to_keep``), so its output is ``[B, 0, V]``; a forward hook on the decoder keeps what the
+    head would have projected.
+    """
+    decoder = causal_lm_of(model).get_decoder()
+    kept: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(lambda module, args, output: kept.append(output.last_hidden_state))
+    device = next(value.device for value in inputs.values() if isinstance(value, torch.Tensor))
+    try:
+        model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long, device=device))
+    finally:
+        hook.remove()
+    return kept[-1]
+
+
+def _project_whole(model: torch.nn.Module, head: LinearHead, function: Callable[..., Any],
+                   *tensors: torch.Tensor) -> Any:
+    """``head.project(function, *tensors)`` with the head weight whole, not an FSDP2 shard.
+
+    ``lit_factory.distributed.FSDP`` makes the head part of the root unit, which the root's forward gathers. A
+    trained model's root keeps it gathered until its backward (FSDP2's default for the root): the gradient reaches
+    the whole weight, and the root's post-backward reduce-scatters it and reshards. A root that reshards after its
+    forward (a frozen reference model's) is gathered again here (``FSDPModule.unshard``) and resharded after the
+    projection when no backward follows (otherwise its post-backward does).
+    """
+    gathered = _is_dtensor(head.module.weight)
+    if gathered:
+        model.unshard()
+    result = head.project(function, *tensors)
+    outputs = result if isinstance(result, tuple) else (result,)
+    if gathered and not any(output.requires_grad for output in outputs):
+        model.reshard()
+    return result
+
+
+def _not_whole_reason(model: torch.nn.Module, head: LinearHead) -> Optional[str]:
+    """Why ``_project_whole`` cannot make the head whole, if it cannot: its weight is an FSDP2 shard and ``model``,
+    which lit-factory's FSDP makes the unit that holds the head, is no FSDP unit."""
+    if not _is_dtensor(head.module.weight):
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return None
+    return "its lm_head weight is sharded by an FSDP unit other than the model's root"
 
 
 class ChunkedLogits(FullLogits):
@@ -188,6 +251,8 @@ class ChunkedLogits(FullLogits):
 
     def _head(self, model: torch.nn.Module) -> Optional[LinearHead]:
         head = linear_head(causal_lm_of(model))
+        if not isinstance(head, str):
+            head = _not_whole_reason(model, head) or head
         if isinstance(head, str):
             if head not in self._reported:
                 from lightning.pytorch.utilities import rank_zero_info
@@ -201,7 +266,7 @@ class ChunkedLogits(FullLogits):
         self, model: torch.nn.Module, labels: torch.Tensor, inputs: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hidden states of the labelled positions ``[N, H]``, their next tokens ``[N]`` and row indices ``[N]``."""
-        hidden = causal_lm_of(model).get_decoder()(**inputs).last_hidden_state
+        hidden = final_hidden_states(model, **inputs)
         targets = next_tokens(labels)
         rows, columns = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
         return hidden[rows, columns], targets[rows, columns], rows
@@ -212,11 +277,12 @@ class ChunkedLogits(FullLogits):
             return super().next_token_loss(model, labels, **inputs)
         hidden, targets, _ = self._labelled_hidden(model, labels, inputs)
         hidden = _scaled(hidden, head)
-        if self.cuda_kernel == "liger" and hidden.is_cuda:
-            liger_loss = _liger_loss_sum(hidden, head, targets)
-            if liger_loss is not None:
-                return liger_loss
-        return linear_cross_entropy_sum(hidden, head.weight, targets, head.softcap, chunk_tokens=self.chunk_tokens)
+        liger = _liger_loss() if self.cuda_kernel == "liger" and hidden.is_cuda else None
+        if liger is not None:
+            return _project_whole(model, head, lambda weight, h, y: liger(reduction="sum", softcap=head.softcap)(
+                weight, h, y), hidden, targets)
+        return _project_whole(model, head, partial(_cross_entropy_sum, softcap=head.softcap,
+                                                   chunk_tokens=self.chunk_tokens), hidden, targets)
 
     def sequence_logps(
         self, model: torch.nn.Module, labels: torch.Tensor, **inputs: Any
@@ -225,8 +291,8 @@ class ChunkedLogits(FullLogits):
         if head is None:
             return super().sequence_logps(model, labels, **inputs)
         hidden, targets, rows = self._labelled_hidden(model, labels, inputs)
-        logps, _ = linear_token_logps(_scaled(hidden, head), head.weight, targets, head.softcap,
-                                      chunk_tokens=self.chunk_tokens)
+        logps = _project_whole(model, head, partial(_token_logps, softcap=head.softcap,
+                                                    chunk_tokens=self.chunk_tokens), _scaled(hidden, head), targets)
         sums = torch.zeros(labels.size(0), dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
         return sums, (next_tokens(labels) != IGNORE_INDEX).sum(-1)
 
@@ -237,13 +303,14 @@ class ChunkedLogits(FullLogits):
         head = self._head(model)
         if head is None:
             return super().response_logps(model, sequences, attention_mask, prompt_length, temperature)
-        decoder = causal_lm_of(model).get_decoder()
-        hidden = decoder(input_ids=sequences, attention_mask=attention_mask, position_ids=_positions(attention_mask),
-                         use_cache=False).last_hidden_state[:, prompt_length - 1 : -1]
+        hidden = final_hidden_states(model, input_ids=sequences, attention_mask=attention_mask,
+                                     position_ids=_positions(attention_mask),
+                                     use_cache=False)[:, prompt_length - 1 : -1]
         real = attention_mask[:, prompt_length:].bool()
-        logps, entropy = linear_token_logps(_scaled(hidden[real], head), head.weight,
-                                            sequences[:, prompt_length:][real], head.softcap, 1.0 / temperature,
-                                            entropy=True, chunk_tokens=self.chunk_tokens)
+        logps, entropy = _project_whole(
+            model, head, partial(_token_logps, softcap=head.softcap, temperature_scale=1.0 / temperature,
+                                 entropy=True, chunk_tokens=self.chunk_tokens),
+            _scaled(hidden[real], head), sequences[:, prompt_length:][real])
         return hidden, _scatter(logps, real), _scatter(entropy, real)
 
 
@@ -257,13 +324,25 @@ def _scatter(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return torch.zeros(where.shape, dtype=values.dtype, device=values.device).masked_scatter(where, values)
 
 
-def _liger_loss_sum(hidden: torch.Tensor, head: LinearHead, targets: torch.Tensor) -> Optional[torch.Tensor]:
-    """Liger's fused linear cross-entropy (summed) on CUDA, or None when liger-kernel is not installed."""
+def _liger_loss() -> Optional[type]:
+    """Liger's fused linear cross-entropy loss class (CUDA), or None when liger-kernel is not installed."""
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     except ImportError:
         return None
-    return LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=head.softcap)(head.weight, hidden, targets)
+    return LigerFusedLinearCrossEntropyLoss
+
+
+def _cross_entropy_sum(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor, **options: Any) -> Any:
+    """``linear_cross_entropy_sum`` with the weight first (``LinearHead.project``'s order)."""
+    return linear_cross_entropy_sum(hidden, weight, targets, **options)
+
+
+def _token_logps(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor, **options: Any) -> Any:
+    """``linear_token_logps`` with the weight first (``LinearHead.project``'s order): the log-probs, and the
+    entropies too when ``entropy=True``."""
+    logps, entropies = linear_token_logps(hidden, weight, targets, **options)
+    return (logps, entropies) if options.get("entropy") else logps
 
 
 def linear_token_logps(
