@@ -7,8 +7,9 @@ Hugging Face weights beside the real Mistral-7B tokenizer, so both load the same
 One setting set per row is written as a LLaMA-Factory YAML (``llamafactory_config``); LLaMA-Factory trains it with
 ``run_exp`` (what ``llamafactory-cli train`` calls), lit-factory with ``lit-factory train`` (its translation of the
 same file, ``lit_factory.compat.llamafactory``). Every run is its own process on a cold ``datasets`` cache, with
-one torch thread (``--threads``); the sides alternate (LF, ours, ours, LF, ...) and the table shows medians. Rows: LoRA SFT, full SFT and LoRA DPO, each
-with gradient checkpointing on and off, and the preprocessing figure of ``benchmarks/data.py``.
+one torch thread (``--threads``); the sides alternate (LF, ours, ours, LF, ...) and the table shows medians. Rows:
+LoRA SFT, full SFT and LoRA DPO, each with gradient checkpointing on and off, and the preprocessing figure of
+``benchmarks/data.py`` (reused from there).
 
 Figures, measured by the same probe on both sides (a Lightning callback in ours, a ``TrainerCallback`` in theirs):
 - tokens/s: the non-padding tokens (``attention_mask``) of the training forwards of the timed optimizer steps (after
@@ -83,7 +84,7 @@ def build_model(folder: Path) -> None:
         shutil.copyfile(file, folder / file.name)
 
 
-# ---- the probe, in the training process -----------------------------------------------------------------------------
+# ---- the probe, in the training process ----------------------------------------------------------------------------
 class Probe:
     """Counts tokens and layer forwards through hooks on the decoder, clocks optimizer steps, writes the report."""
 
@@ -176,7 +177,7 @@ def run_llamafactory(config_path: str) -> None:
     run_exp(callbacks=[TrainerProbe()])
 
 
-# ---- the parent: interleaved runs and the table ----------------------------------------------------------------------
+# ---- the parent: interleaved runs and the table --------------------------------------------------------------------
 def run_side(side: str, python: str, config: dict, work: Path, warmup: int, threads: int = 1) -> dict:
     """One training run in its own process; the probe's report, with launch -> first step."""
     import yaml
@@ -186,7 +187,8 @@ def run_side(side: str, python: str, config: dict, work: Path, warmup: int, thre
     config_path.write_text(yaml.safe_dump(config))
     report = work / "report.json"
     env = {**os.environ, "VS_REPORT": str(report), "VS_WARMUP": str(warmup), "VS_STEPS": str(config["max_steps"]),
-           "HF_DATASETS_CACHE": str(work / "datasets-cache"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_CACHE": str(work / "datasets-cache"), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCHMARKS)])}
     if side == "ours":
@@ -251,8 +253,9 @@ def main() -> None:
                         config = llamafactory_config(row, checkpointing, str(model), str(work / "out"), args.steps)
                         result = run_side(side, pythons[side], config, work, args.warmup, args.threads)
                         results.setdefault((row, checkpointing, side), []).append(result)
-                        print(f"[{repeat + 1}/{args.repeats}] {row}, checkpointing {'on' if checkpointing else 'off'}, "
-                              f"{side}: {json.dumps(result)}", file=sys.stderr, flush=True)
+                        state = "on" if checkpointing else "off"
+                        print(f"[{repeat + 1}/{args.repeats}] {row}, checkpointing {state}, {side}: "
+                              f"{json.dumps(result)}", file=sys.stderr, flush=True)
                     runs += 1
     print_table(args, results, prep)
 
@@ -260,7 +263,8 @@ def main() -> None:
 def print_table(args, results: dict, prep: dict[str, float]) -> None:
     median = statistics.median
     print(f"Tiny Mistral (hidden {MODEL['hidden_size']}, {MODEL['num_hidden_layers']} layers, vocabulary "
-          f"{MODEL['vocab_size']:,}), fp32 CPU, cutoff 512, batch 2 (DPO: 1 pair) x accumulation 2, {args.steps} steps "
+          f"{MODEL['vocab_size']:,}), fp32 CPU, cutoff 512, batch 2 (DPO: 1 pair) x accumulation 2, {args.steps} "
+          f"steps "
           f"({args.steps - args.warmup} timed), median of {args.repeats} interleaved runs; LF = LLaMA-Factory")
     print("| row | checkpointing | tokens/s LF | tokens/s ours | ours/LF | launch -> 1st step LF / ours (s) "
           "| peak RSS LF / ours (GiB) | layer passes LF / ours |")

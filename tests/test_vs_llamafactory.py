@@ -26,7 +26,8 @@ def ours(row: str, checkpointing: bool) -> dict:
     finetuning = stage["finetuning"]
     return {
         "batch_size": data["batch_size"], "accumulation": trainer["accumulate_grad_batches"],
-        "cutoff_len": data["cutoff_len"], "max_steps": trainer["max_steps"], "fp32": trainer["precision"] == "32-true",
+        "cutoff_len": data["cutoff_len"], "max_steps": trainer["max_steps"],
+        "fp32": trainer["precision"] == "32-true",
         "checkpointing": stage["model"]["gradient_checkpointing"], "lr": stage["optimizer"]["init_args"]["lr"],
         "template": data["template"], "dataset": data["dataset"], "seed": recipe["seed_everything"],
         "lora": finetuning["class_path"].endswith("LoRA"),
@@ -61,7 +62,8 @@ def test_translation_keeps_the_rows_settings(row, checkpointing):
     assert settings["lora"] == row.startswith("LoRA") and settings["dpo"] == (row == "LoRA DPO")
 
 
-@pytest.mark.skipif(not os.environ.get("LLAMAFACTORY_PYTHON"), reason="set LLAMAFACTORY_PYTHON to LLaMA-Factory's python")
+@pytest.mark.skipif(not os.environ.get("LLAMAFACTORY_PYTHON"),
+                    reason="set LLAMAFACTORY_PYTHON to LLaMA-Factory's python")
 @pytest.mark.parametrize("row,checkpointing", [("LoRA SFT", True), ("full SFT", False), ("LoRA DPO", True)])
 def test_llamafactory_reads_the_same_settings(row, checkpointing, tmp_path):
     config = vs_llamafactory.llamafactory_config(row, checkpointing, str(vs_llamafactory.TOKENIZER),
