@@ -9,7 +9,6 @@ settings are typed fields of ``ModelArgs``; quantization and patches are parts t
 from __future__ import annotations
 
 import importlib.util
-import copy
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
@@ -23,13 +22,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from lit_factory.model.adapters import Finetuning
-
-
-def component_dict(component: Any) -> dict[str, Any]:
-    """A recipe part as a recipe names it: ``{class_path, init_args}`` with its public attributes."""
-    kind = type(component)
-    return {"class_path": f"{kind.__module__}.{kind.__qualname__}",
-            "init_args": {k: v for k, v in vars(component).items() if not k.startswith("_")}}
 
 
 @dataclass
@@ -110,14 +102,6 @@ class ModelArgs:
             raise LitFactoryError(f"model.patches: {', '.join(twice)} is listed more than once; keep one")
         for patch in self.patches:
             patch.check(self)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """These settings as plain values (parts as ``class_path``/``init_args``), as a recipe writes them: what a
-        checkpoint's hyperparameters hold (``torch.load(weights_only=True)`` refuses our classes)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["quantization"] = None if self.quantization is None else component_dict(self.quantization)
-        values["patches"] = [component_dict(patch) for patch in self.patches]
-        return copy.deepcopy(values)
 
     @property
     def tokenizer_path(self) -> str:
