@@ -9,7 +9,7 @@ settings are typed fields of ``ModelArgs``; quantization and patches are parts t
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
