@@ -250,10 +250,9 @@ def build_train_tab(ui: Any, manager: RunManager, lang: Any, default_recipe: str
     @guarded(outputs=3, status_at=-1)
     def show_preview(dataset_dir: str, names: list, tokenizer: str, model_path: str, template: str, stage: str,
                      max_samples: str, lang_code: str) -> tuple:
-        from lit_factory import stages
         from lit_factory.board.preview import preview_datasets
 
-        pretrain = not getattr(stages, stage).data_objective.uses_template  # plain text, as PreTrain reads
+        pretrain = not recipes.stage_class(stage).data_objective.uses_template  # plain text, as PreTrain reads
         limit = parse_optional_int("max samples", max_samples)
         summary, rendered = preview_datasets(dataset_dir, list(names or []), tokenizer or model_path, template, 3,
                                              workspace, pretrain, limit)
