@@ -3,7 +3,7 @@
     python benchmarks/lora_backward.py [--tokens 4096] [--hidden 4096] [--rank 8] [--repeats 20] [--device cpu]
 
 Prints milliseconds per forward+backward for each and the speed-up. Both compute the same gradients
-(tests/test_lora_fast.py checks them to 1e-5).
+(tests/model/test_lora_fast.py checks them to 1e-5).
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, seconds: float) -> No
         "`Freeze` finds the decoder layers; a value head (reward model, PPO) attaches.",
         "",
         f"**{len(verified)} of {len(rows)} architectures verified** ({seconds:.0f} s on a 2-core CPU).",
-        "`tests/test_model_matrix.py` re-runs a fixed sample (all of them with `LIT_FACTORY_MODEL_MATRIX=all`).",
+        "`tests/model/test_model_matrix.py` re-runs a fixed sample (all of them with `LIT_FACTORY_MODEL_MATRIX=all`).",
         "",
         "| architecture | default template | LoRA `all` targets | verified |",
         "|---|---|---|---|",

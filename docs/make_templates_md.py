@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # How tests check a family against its reference. The shared references are the parametrisation of
-# tests/test_data_template_families.py (a test asserts the two lists agree).
+# tests/data/test_data_template_families.py (a test asserts the two lists agree).
 SHARED_REFERENCES = ["qwen", "chatml", "llama3", "llama2", "mistral", "gemma", "phi", "phi_small", "zephyr", "vicuna",
                      "alpaca", "amberchat", "chatqa", "falcon", "openchat", "solar", "granite", "saiga"]
 TOKEN_PARITY = {"qwen": "qwen2.5-instruct", "mistral": "mistral-7b-instruct-v0.1"}
 FIXTURE_REFERENCES = {"qwen3": "qwen3.jinja (Qwen3, official)", "gemma2": "gemma-2-it.jinja (Gemma 2, official)",
                       "phi4": "phi-4.jinja (Phi-4, official)"}
 LLAMAFACTORY_NAMES = ROOT / "tests" / "fixtures" / "chat_templates" / "llamafactory_template_names.txt"
-# LLaMA-Factory names whose text is not LLaMA-Factory's, and why. tests/test_data_template_reasoning.py renders every
+# LLaMA-Factory names whose text is not LLaMA-Factory's, and why. tests/data/test_data_template_reasoning.py renders every
 # LLaMA-Factory name both ways (its template.py's formats in tests/fixtures/chat_templates/) and asserts that exactly
 # these differ.
 _CHATML = "bos first, as the reference chatml template writes it (LLaMA-Factory: none)"

@@ -14,7 +14,7 @@ gather its weight for the projection and again for its backward; under FSDP2 the
 (``lit_factory.distributed.FSDP``), which stays gathered from its forward to its backward (``FSDPModule.unshard`` where
 the root reshards after its forward, as a frozen reference model's does).
 
-Both return the same numbers and gradients (tests/test_lm_head.py compares them); a model whose head is not a plain
+Both return the same numbers and gradients (tests/stages/test_lm_head.py compares them); a model whose head is not a plain
 linear projection with a known logit transform (``HEAD_TRANSFORMS``) takes the plain path, logged once.
 """
 

@@ -18,8 +18,8 @@ from lit_factory.data.templates import available_templates, detect_template_name
 from lit_factory.data.tokenize import IGNORE_INDEX, encode_supervised
 from lit_factory.errors import LitFactoryError
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 THOUGHT = "<think>\nFirst 2 + 2 = 4.\nThen check it.\n</think>\n\n"
 CONVERSATION = [
     {"role": "system", "content": "You are a careful math tutor."},

@@ -1,6 +1,6 @@
 """Fair scheduling (issue 14): concurrent generations take turns at every token, so a short request that arrives
 during a long one finishes in about twice its own steps, before the long one, with the same replies as alone.
-In-process with a step log (which request ran each forward pass); on a live server, see tests/test_serve_features.py."""
+In-process with a step log (which request ran each forward pass); on a live server, see tests/infer/test_serve_features.py."""
 
 from __future__ import annotations
 

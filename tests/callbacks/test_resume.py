@@ -17,7 +17,7 @@ import pytest
 
 from tiny_models import DEMO, SPARROW, save_tiny_base
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEER_DATA = REPO.parent / "shared" / "peer-data" / "llamafactory"
 STEPS, EVERY = 8, 2  # optimizer steps; checkpoint interval
 # 10 training rows, 2 per batch, 2 batches per step: 3 steps per epoch, 14 batches for 8 steps.

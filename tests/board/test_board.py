@@ -16,7 +16,7 @@ from lit_factory.board.assemble import assemble_recipe, recipe_yaml, run_dir  # 
 from lit_factory.board.locales import LANGUAGES, labels  # noqa: E402
 from lit_factory.errors import LitFactoryError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def quickstart_form(tmp_path: Path, **changes) -> recipes.TrainForm:

@@ -131,7 +131,7 @@ def test_fields_that_would_change_the_reply_are_400_naming_them(api) -> None:
 
 
 def test_a_short_request_finishes_during_a_long_stream(api, saved_model: Path) -> None:
-    """Fair scheduling on the server (the step-level check is in tests/test_serve_fairness.py)."""
+    """Fair scheduling on the server (the step-level check is in tests/infer/test_serve_fairness.py)."""
     from lit_factory.infer.engine import ChatEngine, GenerationArgs
     from lit_factory.model.builder import ModelArgs
 

@@ -16,7 +16,7 @@ from lit_factory.eval.similarity import similarity_scores
 from lit_factory.infer.engine import ChatEngine, GenerationArgs
 from lit_factory.model.builder import ModelArgs, build_inference_model, build_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPARROW = str(ROOT / "lit_factory" / "assets" / "sparrow-tokenizer")
 DEMO = ROOT / "lit_factory" / "assets" / "demo"
 TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

@@ -13,7 +13,7 @@ import pytest
 
 from lit_factory.compat.llamafactory import translate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import vs_llamafactory  # noqa: E402 - a script beside the benchmarks, imported as a module
 
 CASES = [(row, checkpointing) for row in vs_llamafactory.ROWS for checkpointing in (True, False)]

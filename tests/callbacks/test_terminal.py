@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 NOISE = ("Setting accelerator to CPU", "LeafSpec", "💡", "gradient_checkpointing_enable", "v_num", "Epoch 0/-")
 

@@ -14,7 +14,7 @@ from lit_factory.errors import LitFactoryError
 from test_distributed import recipe
 from tiny_models import save_tiny_base
 
-LF_DEEPSPEED = Path(__file__).parent / "fixtures" / "deepspeed"
+LF_DEEPSPEED = Path(__file__).resolve().parents[1] / "fixtures" / "deepspeed"
 MICRO_BATCH, ACCUMULATE, CLIP = 2, 4, 0.5
 
 

@@ -10,7 +10,7 @@ import torch
 
 from lit_factory.model import LoRA, ModelArgs, build_inference_model, build_model, build_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from model_matrix import SPARROW, tiny_config  # noqa: E402 - the matrix's tiny shapes
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from lit_factory.cli import main
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DATA = SHARED / "peer-data" / "llamafactory"
 TINY_QWEN2 = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)

@@ -17,7 +17,7 @@ from tiny_models import DEMO, save_tiny_base
 MICRO_BATCH, ACCUMULATE, STEPS = 4, 2, 3
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "peer-data" / "llamafactory"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "peer-data" / "llamafactory"
 
 
 def dpo_variant(config: dict) -> None:
@@ -149,7 +149,7 @@ def test_two_nodes_of_one_process_on_localhost_train_like_one_process(runs, tmp_
 
 
 def distributed_env() -> dict:
-    tests = str(Path(__file__).resolve().parent)  # recording_head, imported by the `lit-factory fit` processes
+    tests = str(Path(__file__).resolve().parents[1])  # recording_head, imported by the `lit-factory fit` processes
     return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
             "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
 

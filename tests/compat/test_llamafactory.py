@@ -16,9 +16,9 @@ from lit_factory.compat.llamafactory import UNSUPPORTED, read_llamafactory_file,
 from lit_factory.errors import LitFactoryError
 from tiny_models import save_tiny_base
 
-FIXTURES = Path(__file__).parent / "fixtures" / "llamafactory"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llamafactory"
 EXAMPLES = sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.rglob("*.yaml"))
-LF_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "peer-data" / "llamafactory"
+LF_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "peer-data" / "llamafactory"
 # The examples that need a feature lit-factory lacks, and the key the error must name.
 UNSUPPORTED_EXAMPLES = {
     "extras/asft/llama2_full_asft.yaml": "use_asft_loss", "extras/asft/qwen2_full_asft.yaml": "use_asft_loss",

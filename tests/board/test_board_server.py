@@ -24,7 +24,7 @@ from gradio_client import Client  # noqa: E402
 
 from lit_factory.board.recipe import FORM_FIELDS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -173,7 +173,7 @@ def test_lora_sft_learns_keeps_the_vision_tower_and_reloads_with_peft(family, pe
 def test_qwen2_5_vl_example_of_llamafactory_trains_unchanged_on_mixed_data(peer_data_dir, tmp_path):
     """LLaMA-Factory's qwen2_5vl_lora_sft.yaml: image rows (mllm_demo) mixed with text rows in the same batches."""
     base = save_base("qwen2_5_vl", tmp_path / "base")
-    example = Path(__file__).parent / "fixtures/llamafactory/train_lora/qwen2_5vl_lora_sft.yaml"
+    example = Path(__file__).resolve().parents[1] / "fixtures/llamafactory/train_lora/qwen2_5vl_lora_sft.yaml"
     output_dir = tmp_path / "out"
     overrides = [f"model_name_or_path={base}", "template=chatml", f"dataset_dir={peer_data_dir}",
                  f"output_dir={output_dir}", "max_steps=2", "max_samples=6", "logging_steps=1",

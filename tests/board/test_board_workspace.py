@@ -18,7 +18,7 @@ from lit_factory.board import recipe as recipes  # noqa: E402
 from lit_factory.board.assemble import assemble_recipe  # noqa: E402
 from lit_factory.board.workspace import OutsideWorkspace, Workspace  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

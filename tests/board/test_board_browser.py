@@ -22,7 +22,7 @@ from test_board_server import start_board  # noqa: E402
 from lit_factory.board.locales import labels  # noqa: E402
 from lit_factory.board.tabs.train import LOSS_COLORS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]

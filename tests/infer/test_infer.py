@@ -13,7 +13,7 @@ from lit_factory.errors import LitFactoryError
 from lit_factory.infer.engine import ChatEngine, GenerationArgs, cut_at_stop_words, generate_batch, stop_token_ids
 from lit_factory.model.builder import ModelArgs
 
-SPARROW = str(Path(__file__).resolve().parents[1] / "lit_factory" / "assets" / "sparrow-tokenizer")
+SPARROW = str(Path(__file__).resolve().parents[2] / "lit_factory" / "assets" / "sparrow-tokenizer")
 TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
         "tie_word_embeddings": False, "initializer_range": 0.5}  # a wide init so greedy replies vary
