@@ -23,6 +23,20 @@ class OneLineErrorParser(LightningArgumentParser):
         sys.exit(fail(summarise_parser_error(message)))
 
 
+# ModelArgs flags that became parts (quantization, patches): what an older recipe's key now reads as.
+_QUANTIZATION = "quantization: {class_path: BitsAndBytes, init_args: {bits: 4, quant_type: nf4}}"
+MOVED_MODEL_OPTIONS = {
+    "rope_scaling": "patches: [{class_path: RopeScaling, init_args: {kind: linear, context_length: 8192}}]",
+    "context_length": "patches: [{class_path: RopeScaling, init_args: {kind: linear, context_length: 8192}}]",
+    "shift_attn": "patches: [ShiftedSparseAttention]",
+    "neftune_alpha": "patches: [{class_path: NEFTune, init_args: {alpha: 5}}]",
+    "fast_lora": "patches: [FastLoRA]",
+    "liger_kernel": "patches: [LigerKernels]",
+    "compile": "patches: [CompileLayers]",
+    "double_quantization": "quantization: {class_path: BitsAndBytes, init_args: {double_quantization: false}}",
+}
+
+
 def summarise_parser_error(message: str) -> str:
     """jsonargparse's nested report (every Union branch, every subtype) cut to one line: the key, what is wrong,
     the accepted values, the fix. Unknown shapes of report pass through whole (``fail`` joins their lines)."""
@@ -31,6 +45,10 @@ def summarise_parser_error(message: str) -> str:
         option = unknown.group(1) or f"--{unknown.group(2)}"
         return (f"{option}: no such option ({message.strip()}). Fix: check its spelling and section; "
                 "`lit-factory fit --config RECIPE --help` lists every option.")
+    moved = re.search(r"does not accept option '(?:model\.)?(\w+)'", message)
+    if moved is not None and moved.group(1) in MOVED_MODEL_OPTIONS:
+        return (f"model.init_args.model.{moved.group(1)}: this option is now a part of the model settings. Fix: write "
+                f"`{MOVED_MODEL_OPTIONS[moved.group(1)]}` under model.init_args.model (see recipes/methods/).")
     parts = re.split(r'Parser key "([^"]+)"', message)  # text, key, text, key, ... (outermost key first)
     keys, between = parts[1::2], parts[2::2]
     if not keys:
@@ -52,6 +70,9 @@ def summarise_parser_error(message: str) -> str:
     if missing_class is not None:
         return (f"{key}: class_path {missing_class.group(1)!r} cannot be imported ({missing_class.group(2).strip()}). "
                 "Fix: name an existing class by its import path, e.g. lit_factory.model.LoRA or lit_factory.stages.SFT.")
+    if key.endswith("model.quantization") and "Expected a dot import path string" in message:
+        return (f"{key}: quantization is now a part, not a name. Fix: write `{_QUANTIZATION}` (fp4: quant_type fp4; "
+                "int8: bits 8).")
     given = re.findall(r"(?:Got value|Given value): ([^\n]+)", message)
     value = given[0].strip() if given else "?"
     literals: list[str] = []

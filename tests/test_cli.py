@@ -51,6 +51,26 @@ def test_bad_keys_and_types_exit_2_with_one_line(capsys, override, expected):
     assert expected in one_line_error(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("option", ["rope_scaling", "shift_attn", "neftune_alpha", "fast_lora", "quantization"])
+def test_flags_that_became_parts_say_the_new_form_and_it_parses(capsys, tmp_path, option):
+    import yaml
+
+    from lit_factory.lightning_cli import _QUANTIZATION, MOVED_MODEL_OPTIONS
+
+    old = {"rope_scaling": "linear", "shift_attn": True, "neftune_alpha": 5.0, "fast_lora": True, "quantization": "nf4"}
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"init_args": {"model": {option: old[option]}}}}))
+    assert main(["fit", "--config", QUICKSTART, "--config", str(recipe)]) == 2
+    error = one_line_error(capsys.readouterr().err)
+    new_form = _QUANTIZATION if option == "quantization" else MOVED_MODEL_OPTIONS[option]
+    assert f"model.init_args.model.{option}:" in error and f"`{new_form}`" in error
+    # The form the message suggests is what the parser takes.
+    recipe.write_text(yaml.safe_dump({"model": {"init_args": {"model": yaml.safe_load(new_form)}}}))
+    assert main(["fit", "--config", QUICKSTART, "--config", str(recipe), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["model"]
+    assert printed["quantization" if option == "quantization" else "patches"]
+
+
 def test_user_errors_raised_while_running_exit_2_with_one_line(capsys, tmp_path):
     code = main(["fit", "--config", QUICKSTART, "--data.init_args.dataset", "[no_such_set]",
                  "--trainer.logger.init_args.save_dir", str(tmp_path)])
