@@ -45,7 +45,7 @@ def summarise_parser_error(message: str) -> str:
         option = unknown.group(1) or f"--{unknown.group(2)}"
         return (f"{option}: no such option ({message.strip()}). Fix: check its spelling and section; "
                 "`lit-factory fit --config RECIPE --help` lists every option.")
-    moved = re.search(r"does not accept option '(?:model\.)?(\w+)'", message)
+    moved = re.search(r"Group 'model' does not accept option '(?:model\.)?(\w+)'", message)
     if moved is not None and moved.group(1) in MOVED_MODEL_OPTIONS:
         return (f"model.init_args.model.{moved.group(1)}: this option is now a part of the model settings. Fix: write "
                 f"`{MOVED_MODEL_OPTIONS[moved.group(1)]}` under model.init_args.model (see recipes/methods/).")
