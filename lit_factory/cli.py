@@ -12,7 +12,7 @@ from typing import Optional
 
 from lit_factory import __version__
 from lit_factory.errors import LitFactoryError, fail
-from lit_factory.recipe_file import recipe_problem
+from lit_factory.recipe import recipe_problem
 
 TRAINER_SUBCOMMANDS = {
     "fit": "train a stage on a recipe: lit-factory fit --config recipes/quickstart.yaml",

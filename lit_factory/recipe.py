@@ -15,28 +15,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from lit_factory.errors import LitFactoryError
 
 
-def read_recipe(path: Union[str, Path]) -> dict[str, Any]:
-    """The YAML mapping of the recipe file at ``path`` (not parsed yet); one-line errors naming the file."""
+def _load_yaml(path: Path, label: str) -> Any:
+    """The YAML document in ``path``; a one-line error starting with ``label`` when it cannot be read."""
     import yaml
 
-    path = Path(path)
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise LitFactoryError(f"{path}: cannot read the recipe ({err.strerror or err}). Fix: give the path of "
+        raise LitFactoryError(f"{label}: cannot read the recipe ({err.strerror or err}). Fix: give the path of "
                               "a recipe YAML (see recipes/).") from None
     except UnicodeDecodeError as err:
-        raise LitFactoryError(f"{path}: not UTF-8 text (byte {err.start}). Fix: save the recipe as UTF-8.") from None
+        raise LitFactoryError(f"{label}: not UTF-8 text (byte {err.start}). Fix: save the recipe as UTF-8.") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "syntax error"
-        raise LitFactoryError(f"{path}: YAML syntax error{where}: {problem}. Fix: correct the YAML there.") from None
+        raise LitFactoryError(f"{label}: YAML syntax error{where}: {problem}. Fix: correct the YAML there.") from None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The sections of a ``--config`` file (a recipe, or a run's config.yaml) before jsonargparse reads it, so the
+    error names the file (jsonargparse's would not): UTF-8 text, YAML syntax, a mapping of sections."""
+    label = f"--config {path}"
+    recipe = _load_yaml(Path(path), label)
+    if recipe is None:
+        raise LitFactoryError(f"{label}: the recipe is empty. Fix: write the trainer/model/data sections, e.g. start "
+                              "from recipes/quickstart.yaml.")
+    if not isinstance(recipe, dict):
+        raise LitFactoryError(f"{label}: a recipe is a mapping of sections (trainer:, model:, data:), not a "
+                              f"{type(recipe).__name__}. Fix: start from recipes/quickstart.yaml.")
+    return recipe
+
+
+def recipe_problem(path: str) -> Optional[str]:
+    """What makes the ``--config`` file at ``path`` unreadable (see :func:`read_config_file`); None if nothing."""
+    try:
+        read_config_file(path)
+    except LitFactoryError as err:
+        return str(err)
+    return None
+
+
+def read_recipe(path: Union[str, Path]) -> dict[str, Any]:
+    """The YAML mapping of the recipe file at ``path`` (not parsed yet); one-line errors naming the file."""
+    path = Path(path)
+    recipe = _load_yaml(path, str(path))
     if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
         raise LitFactoryError(f"{path}: not a lit-factory recipe (no `model` section). Fix: start from a recipe "
                               "in recipes/ (lit-factory recipes list).")

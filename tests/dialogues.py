@@ -5,6 +5,15 @@ from __future__ import annotations
 
 import random
 
+# A fixed two-turn dialogue (multi-line replies, non-ASCII) and a system prompt for the template tests.
+TWO_TURNS = [
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "2 + 2 = 4."},
+    {"role": "user", "content": "And times 3?\nShow the steps."},
+    {"role": "assistant", "content": "(2 + 2) × 3 = 12.\n\nFirst add, then multiply."},
+]
+SYSTEM = {"role": "system", "content": "You are a careful math tutor."}
+
 WORDS = ["hello", "world", "2 + 2 = 4", "naïve café", "数据", "東京", "привет", "مرحبا", "😀", "👩\u200d💻",
          "e\u0301", "{content}", "{eos}", "x=1;", "```py", "«quote»"]
 # Control text of the families under test, written inside messages.

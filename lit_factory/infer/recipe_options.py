@@ -38,16 +38,11 @@ def _section(recipe: dict[str, Any], name: str) -> dict[str, Any]:
 
 def recipe_options(path: str) -> dict[str, str]:
     """Option -> value for the model, template and generation settings of the recipe at ``path``."""
-    import yaml
-
-    from lit_factory.recipe_file import recipe_problem
+    from lit_factory.recipe import read_config_file
 
     if not Path(path).is_file():
         raise LitFactoryError(f"--config: no such file {path!r}. Fix: give a recipe YAML or a run's config.yaml.")
-    problem = recipe_problem(path)
-    if problem is not None:
-        raise LitFactoryError(problem)
-    recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    recipe = read_config_file(path)
     if "model" not in recipe and "model_name_or_path" in recipe:
         return {}  # a LLaMA-Factory YAML: see `llamafactory_options`
     stage = _section(recipe, "model")

@@ -22,16 +22,9 @@ from __future__ import annotations
 
 import pytest
 
-from dialogues import dialogues
+from dialogues import SYSTEM, TWO_TURNS, dialogues
 from lit_factory.data.templates import available_templates, get_template
 
-TWO_TURNS = [
-    {"role": "user", "content": "What is 2 + 2?"},
-    {"role": "assistant", "content": "2 + 2 = 4."},
-    {"role": "user", "content": "And times 3?\nShow the steps."},
-    {"role": "assistant", "content": "(2 + 2) × 3 = 12.\n\nFirst add, then multiply."},
-]
-SYSTEM = {"role": "system", "content": "You are a careful math tutor."}
 CASES = {
     "single_turn": TWO_TURNS[:2],
     "multi_turn": TWO_TURNS,

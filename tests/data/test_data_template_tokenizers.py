@@ -8,18 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from dialogues import dialogues
+from dialogues import SYSTEM, TWO_TURNS, dialogues
 from lit_factory.data.templates import detect_template_name, get_template
 from lit_factory.data.tokenize import IGNORE_INDEX, encode_supervised
 from lit_factory.errors import LitFactoryError
 
-TWO_TURNS = [
-    {"role": "user", "content": "What is 2 + 2?"},
-    {"role": "assistant", "content": "2 + 2 = 4."},
-    {"role": "user", "content": "And times 3?\nShow the steps."},
-    {"role": "assistant", "content": "(2 + 2) × 3 = 12.\n\nFirst add, then multiply."},
-]
-SYSTEM = {"role": "system", "content": "You are a careful math tutor."}
 CASES = {"single": TWO_TURNS[:2], "multi": TWO_TURNS, "multi_system": [SYSTEM, *TWO_TURNS]}
 
 
